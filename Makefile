@@ -1,0 +1,34 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each creates .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-fast bench clean
+
+$(VENV)/.core: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[cpu,test]'
+	touch $@
+
+$(VENV)/.torch: $(VENV)/.core
+	$(PY) -m pip install --quiet -e '.[cpu,test,torch]'
+	touch $@
+
+## make demo: convert the bundled EfficientNet-Lite0 and explain the bundled photo -> demo-out/*.png
+demo: $(VENV)/.core
+	$(PY) tools/demo.py --out demo-out
+
+## make test: the whole suite (numpy reference, Zennit cross-check, fuzzing, CLI end to end)
+test: $(VENV)/.torch
+	$(PY) -m pytest -q
+
+## make test-fast: the suite without the PyTorch/Zennit parts
+test-fast: $(VENV)/.core
+	$(PY) -m pytest -q -m "not torch"
+
+bench: $(VENV)/.torch
+	$(PY) tools/bench.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .hypothesis

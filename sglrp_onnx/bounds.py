@@ -1,0 +1,140 @@
+"""zbox input bounds: parse the user's values and carry them to the first layers' inputs.
+
+The user gives the lowest and highest value the model input can take after preprocessing, one
+number or one per channel on the input's channel axis (axis 1 for NCHW, the last for NHWC).
+Where the graph transforms its input before the first linear layers (constant Sub/Add/Mul/Div,
+Transpose, Reshape, Flatten), the bounds are carried through the same operations; a negative
+factor swaps low and high (SPEC section 4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sglrp_onnx.errors import RuleError
+from sglrp_onnx.graph import Graph, Node
+
+Bounds = tuple[np.ndarray, np.ndarray]
+
+#: Ops that leave values unchanged.
+IDENTITIES = ("Identity", "Dropout")
+
+
+def parse_bound_values(value: Any, name: str) -> np.ndarray:
+    """``0.5``, ``[0.1, 0.2, 0.3]`` or ``"0.1,0.2,0.3"`` -> 1-D float64 array."""
+    if isinstance(value, str):
+        try:
+            value = [float(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise RuleError(f"--{name} must be a number or comma-separated numbers, got '{value}'") from None
+    array = np.asarray(value, dtype=np.float64).reshape(-1)
+    if array.size == 0 or not np.all(np.isfinite(array)):
+        raise RuleError(f"{name} bound must be finite numbers, got {value!r}")
+    return array
+
+
+def bounds_at_input(graph: Graph, low: Any, high: Any, channel_axis: int) -> Bounds:
+    """Broadcastable ``(low, high)`` arrays shaped like the image input with batch 1."""
+    shape = graph.shape(graph.image)
+    rank = len(shape) if shape is not None else 4
+    arrays = []
+    for value, name in ((low, "low"), (high, "high")):
+        values = parse_bound_values(value, name)
+        target = [1] * rank
+        if values.size > 1:
+            channels = shape[channel_axis] if shape is not None else None
+            if channels is not None and channels != values.size:
+                raise RuleError(
+                    f"{name} has {values.size} values but the image input '{graph.image}' has {channels} channels "
+                    f"on axis {channel_axis % rank}"
+                )
+            target[channel_axis] = values.size
+        arrays.append(values.reshape(target))
+    low_array, high_array = arrays
+    if np.any(low_array > high_array):
+        raise RuleError(f"zbox bounds: low {low} is above high {high}")
+    return low_array, high_array
+
+
+def _full(graph: Graph, node: Node, bounds: Bounds, tensor: str) -> Bounds:
+    shape = graph.static_shape(tensor) or graph.shape(tensor)
+    if shape is None or any(d is None for d in shape[1:]):
+        raise RuleError(f"cannot carry zbox bounds through {node.describe(graph)}: its input shape is not static")
+    target = (1,) + tuple(shape[1:])
+    return np.broadcast_to(bounds[0], target).copy(), np.broadcast_to(bounds[1], target).copy()
+
+
+def _carry(graph: Graph, node: Node, known: dict[str, Bounds]) -> Bounds:
+    op = node.op_type
+    source = node.inputs[0]
+    if op in IDENTITIES:
+        return known[source]
+    if op in ("Add", "Sub", "Mul", "Div"):
+        first, second = node.inputs[:2]
+        if first in known and graph.is_const(second):
+            low, high = known[first]
+            c = graph.constants[second].astype(np.float64)
+            c = c.reshape((1,) * max(0, low.ndim - c.ndim) + c.shape) if c.ndim < low.ndim else c
+            if op == "Add":
+                return low + c, high + c
+            if op == "Sub":
+                return low - c, high - c
+            factor = c if op == "Mul" else 1.0 / c
+            a, b = low * factor, high * factor
+            return np.minimum(a, b), np.maximum(a, b)
+        if second in known and graph.is_const(first) and op in ("Add", "Mul", "Sub"):
+            low, high = known[second]
+            c = graph.constants[first].astype(np.float64)
+            if op == "Add":
+                return low + c, high + c
+            a, b = (low * c, high * c) if op == "Mul" else (c - high, c - low)
+            return np.minimum(a, b), np.maximum(a, b)
+    if op == "Transpose":
+        low, high = known[source]
+        perm = node.attrs.get("perm", list(reversed(range(low.ndim))))
+        return np.transpose(low, perm), np.transpose(high, perm)
+    if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+        out_shape = graph.shape(node.outputs[0])
+        if out_shape is None or any(d is None for d in out_shape[1:]):
+            raise RuleError(f"cannot carry zbox bounds through {node.describe(graph)}: its output shape is not static")
+        low, high = _full(graph, node, known[source], source)
+        target = (1,) + tuple(out_shape[1:])
+        return low.reshape(target), high.reshape(target)
+    if op in ("Relu", "Clip"):
+        low, high = known[source]
+        lo = graph.constants.get(node.inputs[1]) if op == "Clip" and len(node.inputs) > 1 and node.inputs[1] else node.attrs.get("min")
+        hi = graph.constants.get(node.inputs[2]) if op == "Clip" and len(node.inputs) > 2 and node.inputs[2] else node.attrs.get("max")
+        if op == "Relu":
+            lo, hi = 0.0, None
+        low = low if lo is None else np.maximum(low, float(lo))
+        high = high if hi is None else np.minimum(high, float(hi))
+        return low, high
+    raise RuleError(
+        f"cannot carry zbox bounds through {node.describe(graph)} to a first layer; give that layer its own "
+        "bounds with a rule override {\"rule\": \"zbox\", \"low\": ..., \"high\": ...}"
+    )
+
+
+def carry_bounds(graph: Graph, image_bounds: Bounds, targets: set[str]) -> dict[str, Bounds]:
+    """Bounds of each tensor in ``targets`` (inputs of first layers), carried from the image."""
+    known: dict[str, Bounds] = {graph.image: image_bounds}
+    result = {}
+    producers = graph.producers()
+
+    def resolve(tensor: str) -> Bounds:
+        if tensor in known:
+            return known[tensor]
+        node = producers.get(tensor)
+        if node is None:
+            raise RuleError(f"cannot carry zbox bounds to tensor '{tensor}': it is not computed from the image")
+        for name in node.inputs:
+            if name and not graph.is_const(name):
+                resolve(name)
+        known[tensor] = _carry(graph, node, known)
+        return known[tensor]
+
+    for tensor in targets:
+        result[tensor] = resolve(tensor)
+    return result

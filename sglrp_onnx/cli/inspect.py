@@ -1,0 +1,73 @@
+"""``sglrp-onnx inspect``: show what the engine sees in a model: nodes, first layers, rules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .convert import add_options
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="list the explained path: node names (for rule overrides), op types, shapes and assigned rules",
+        description="Canonicalise a model as 'convert' would and print each node on the path from the image "
+        "to the logits with its stable name, op type, shapes and the rule it gets. For a converted model, "
+        "also print how it was made.",
+    )
+    parser.add_argument("model", metavar="MODEL.onnx")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_options(parser)
+    parser.set_defaults(run=run)
+
+
+def describe(path: str, composite: str = "dtd", rules=None, image_input=None, epsilon=1e-6, stabilizer=1e-6, gamma=0.25) -> dict:
+    from sglrp_onnx import metadata
+    from sglrp_onnx.canonicalize import canonicalize
+    from sglrp_onnx.composites import assign_rules, first_layers
+    from sglrp_onnx.convert import _precheck, load_rule_file, strip_relevance
+    from sglrp_onnx.graph import from_onnx, infer_shapes
+    from sglrp_onnx.io import load_model
+
+    model = load_model(path)
+    made = {k.split(".", 1)[1]: v for k, v in metadata.read(model).items()}
+    if made:
+        model = strip_relevance(model)
+    _precheck(model)
+    graph = from_onnx(infer_shapes(model))
+    canonicalize(graph, image_input)
+    if isinstance(rules, str):
+        rules = load_rule_file(rules)
+    assigned = assign_rules(graph, composite, {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma}, rules)
+    firsts = first_layers(graph)
+    nodes = []
+    for node in graph.nodes:
+        rule = assigned.get(node.name)
+        nodes.append({
+            "name": node.name,
+            "op": node.source_op or node.op_type,
+            "inputs": [f"{t}{graph.shape_str(t)}" for t in node.inputs if t and not graph.is_const(t)],
+            "outputs": [f"{t}{graph.shape_str(t)}" for t in node.outputs if t],
+            "first_layer": node.name in firsts,
+            "rule": rule.name if rule is not None else "structural",
+        })
+    return {"image_input": graph.image, "image_shape": graph.shape_str(graph.image), "logits": graph.logits,
+            "logits_shape": graph.shape_str(graph.logits), "converted_with": made, "nodes": nodes}
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.model, args.composite, args.rules, args.image_input, args.epsilon, args.stabilizer, args.gamma)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"image input: {info['image_input']} {info['image_shape']}    logits: {info['logits']} {info['logits_shape']}")
+    if info["converted_with"]:
+        made = info["converted_with"]
+        print(f"converted by sglrp-onnx {made.get('version')}: method {made.get('method')}, contrast {made.get('contrast')}, "
+              f"composite {made.get('composite')}")
+    print(f"{'node':40} {'op':20} {'rule':11} shapes")
+    for node in info["nodes"]:
+        mark = " (first layer)" if node["first_layer"] else ""
+        print(f"{node['name']:40} {node['op']:20} {node['rule']:11} {', '.join(node['inputs'])} -> {', '.join(node['outputs'])}{mark}")
+    return 0

@@ -1,0 +1,135 @@
+"""Composites: which rule each layer gets, plus per-node overrides.
+
+A composite maps a layer's role to a rule, as Zennit's composites do (``zennit/composites.py``):
+"first layers" (the linear layers fed by the image without another linear layer in between),
+other convolutions, and dense layers. Layers without weights get fixed rules (SPEC section 5):
+``norm`` for average pooling and residual sums, ``pass`` for activations and the rest.
+
+Overrides (``rules=`` in the API, ``--rules FILE`` in the CLI) set the rule of single nodes, by
+exact node name, by glob on node names, or by op type; precedence is exact > glob > op type >
+composite.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+from sglrp_onnx.errors import RuleError, UsageError
+from sglrp_onnx.graph import LINEAR_OPS, Graph, Node
+from sglrp_onnx.rules import LinearRule, SimpleRule, make_rule, norm_rule
+
+#: composite name -> (first conv, first dense, other conv, dense)
+COMPOSITES: dict[str, tuple[str, str, str, str]] = {
+    "dtd": ("zbox", "zbox", "zplus", "zplus"),
+    "epsilon-gamma-box": ("zbox", "zbox", "gamma", "epsilon"),
+    "epsilon-plus": ("zplus", "epsilon", "zplus", "epsilon"),
+    "epsilon-plus-flat": ("flat", "flat", "zplus", "epsilon"),
+    "epsilon-alpha2-beta1": ("alphabeta", "epsilon", "alphabeta", "epsilon"),
+    "epsilon-alpha2-beta1-flat": ("flat", "flat", "alphabeta", "epsilon"),
+    "epsilon": ("epsilon", "epsilon", "epsilon", "epsilon"),
+}
+
+#: Weightless ops whose relevance rule is ``norm`` (the others pass relevance through or have
+#: their own structural rule, see :mod:`sglrp_onnx.emit`).
+NORM_OPS = ("AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Sum")
+
+#: Ops that are part of the first-layer search: they do not end it (SPEC section 4).
+LINEAR_OP_TYPES = LINEAR_OPS
+
+
+def first_layers(graph: Graph) -> set[str]:
+    """Names of the linear nodes reached from the image without passing another linear node."""
+    consumers = graph.consumers()
+    found: set[str] = set()
+    frontier = [graph.image]
+    seen = {graph.image}
+    while frontier:
+        tensor = frontier.pop()
+        for node in consumers.get(tensor, []):
+            if node.op_type in LINEAR_OPS:
+                found.add(node.name)
+                continue
+            for out in node.outputs:
+                if out and out not in seen:
+                    seen.add(out)
+                    frontier.append(out)
+    return found
+
+
+def _is_glob(key: str) -> bool:
+    return any(ch in key for ch in "*?[")
+
+
+def assign_rules(
+    graph: Graph,
+    composite: str,
+    defaults: dict[str, Any],
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, LinearRule | SimpleRule]:
+    """Rule of every node that takes one: linear layers and ``norm`` layers, after overrides.
+
+    Returns ``{node name: rule}``. Nodes not in the result use their op's structural rule.
+    """
+    if composite not in COMPOSITES:
+        raise UsageError(f"unknown composite '{composite}' (known: {', '.join(COMPOSITES)})")
+    first_conv, first_dense, conv, dense = COMPOSITES[composite]
+    firsts = first_layers(graph)
+    rules: dict[str, LinearRule | SimpleRule] = {}
+    for node in graph.nodes:
+        if node.op_type == "Conv":
+            name = first_conv if node.name in firsts else conv
+        elif node.op_type == "Dense":
+            name = first_dense if node.name in firsts else dense
+        elif node.op_type in NORM_OPS:
+            rules[node.name] = norm_rule(defaults["stabilizer"])
+            continue
+        else:
+            continue
+        rules[node.name] = make_rule(name, defaults)
+    if overrides:
+        _apply_overrides(graph, rules, overrides, defaults, firsts)
+    return rules
+
+
+def _apply_overrides(graph: Graph, rules: dict, overrides: dict[str, Any], defaults: dict[str, Any], firsts: set[str]) -> None:
+    if not isinstance(overrides, dict):
+        raise RuleError(f"rule overrides must be a mapping of node name / glob / op type to a rule, got {type(overrides).__name__}")
+    names = {node.name: node for node in graph.nodes}
+    op_types = {node.source_op or node.op_type for node in graph.nodes} | {node.op_type for node in graph.nodes}
+    chosen: dict[str, tuple[int, str]] = {}  # node -> (precedence, key); lower precedence number wins
+    for key in overrides:
+        if not isinstance(key, str) or not key:
+            raise RuleError(f"rule override key {key!r} must be a non-empty string")
+        if key in names:
+            matches, rank = [names[key]], 0
+        elif _is_glob(key):
+            matches, rank = [n for n in graph.nodes if fnmatch.fnmatchcase(n.name, key)], 1
+        elif key in op_types:
+            matches, rank = [n for n in graph.nodes if key in (n.op_type, n.source_op)], 2
+        else:
+            known = ", ".join(sorted(names)[:20])
+            raise RuleError(f"rule override '{key}' matches no node name, glob or op type on the explained path (nodes: {known}{', ...' if len(names) > 20 else ''})")
+        for node in matches:
+            if node.name not in chosen or rank < chosen[node.name][0]:
+                chosen[node.name] = (rank, key)
+    for node_name, (_, key) in chosen.items():
+        node = names[node_name]
+        rule = make_rule(overrides[key], defaults, where=f"rule override '{key}' for node '{node_name}': ")
+        _check_applicable(graph, node, rule, key, firsts)
+        rules[node_name] = rule
+
+
+def _check_applicable(graph: Graph, node: Node, rule, key: str, firsts: set[str]) -> None:
+    where = f"rule override '{key}': {node.describe(graph)}"
+    if node.op_type in LINEAR_OPS:
+        if rule.name == "pass" and graph.shape(node.inputs[0]) != graph.shape(node.outputs[0]):
+            raise RuleError(f"{where}: rule 'pass' needs equal input and output shapes")
+        if isinstance(rule, LinearRule) and rule.name == "zbox" and node.name not in firsts and "low" not in rule.params:
+            raise RuleError(f"{where} is not a first layer: a zbox override there needs its own low and high")
+        return
+    if node.op_type in NORM_OPS and rule.name in ("norm", "epsilon", "zero"):
+        return
+    if rule.name == "pass" and graph.shape(node.inputs[0]) == graph.shape(node.outputs[0]) and node.op_type not in NORM_OPS:
+        return
+    raise RuleError(f"{where}: rule '{rule.name}' does not apply to this op")

@@ -1,0 +1,383 @@
+"""The conversion pipeline: load -> canonicalise -> assign rules -> emit relevance -> check.
+
+:func:`convert` returns a new ModelProto whose forward part is the original model's nodes,
+untouched, and whose relevance part (SPEC sections 2-5) reads the forward's tensors by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import checker, helper, version_converter
+
+from sglrp_onnx import metadata
+from sglrp_onnx.bounds import bounds_at_input, carry_bounds, parse_bound_values
+from sglrp_onnx.canonicalize import canonicalize
+from sglrp_onnx.composites import assign_rules
+from sglrp_onnx.emit.builder import PREFIX, Context, Emitter
+from sglrp_onnx.emit.methods import CONTRASTS, DEFAULT_CONTRAST, METHODS, combine_scaled, initial_relevance
+from sglrp_onnx.emit.relevance import emit_relevance, nonnegative_tensors
+from sglrp_onnx.errors import ModelLoadError, RuleError, SglrpError, UnsupportedModelError, UsageError
+from sglrp_onnx.graph import Graph, from_onnx, infer_shapes, main_opset
+from sglrp_onnx.io import load_model, save_model
+from sglrp_onnx.rules import LinearRule
+from sglrp_onnx.version import __version__
+
+#: The emitter writes operators in their opset-13 form; ScatterElements(reduction="add") needs 16.
+MIN_OPSET = 13
+SCATTER_OPSET = 16
+OLDEST_OPSET = 7
+QUANTISED_OPS = ("QLinearConv", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
+LAYOUTS = {4: ("NCHW", "NHWC"), 3: ("NCW", "NWC"), 5: ("NCDHW", "NDHWC"), 2: ("NC", "NC")}
+
+
+def _check_options(method: str, contrast: str | None, numbers: dict[str, float]) -> str | None:
+    if method not in METHODS:
+        raise UsageError(f"unknown method '{method}' (known: {', '.join(METHODS)})")
+    if method == "lrp" and contrast is not None:
+        raise UsageError("--contrast applies to clrp and sglrp only, not to lrp")
+    if contrast is not None and contrast not in CONTRASTS:
+        raise UsageError(f"unknown contrast '{contrast}' (known: {', '.join(CONTRASTS)})")
+    for name, value in numbers.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
+    return contrast if contrast is not None else DEFAULT_CONTRAST[method]
+
+
+def load_rule_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read per-node rule overrides from a JSON or YAML file (a mapping key -> rule)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise RuleError(f"{path}: cannot read rule file: {error.strerror}") from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as error:  # json and yaml raise their own types
+        raise RuleError(f"{path}: not a valid {path.suffix.lstrip('.') or 'JSON'} rule file: {error}") from None
+    if isinstance(data, dict) and "rules" in data and isinstance(data["rules"], dict):
+        data = data["rules"]
+    if not isinstance(data, dict):
+        raise RuleError(f"{path}: a rule file holds a mapping of node name / glob / op type to a rule")
+    return data
+
+
+def strip_relevance(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the relevance part of a model this engine converted, giving back the forward model."""
+    meta = metadata.read(model)
+    prefix = meta.get(metadata.NODE_PREFIX, PREFIX)
+    original_outputs = json.loads(meta.get(metadata.ORIGINAL_OUTPUTS, "[]"))
+    graph = model.graph
+    kept_nodes = [n for n in graph.node if not n.name.startswith(prefix)]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    kept_init = [t for t in graph.initializer if not t.name.startswith(prefix)]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_init)
+    target = meta.get(metadata.TARGET_INPUT)
+    kept_inputs = [i for i in graph.input if i.name != target]
+    del graph.input[:]
+    graph.input.extend(kept_inputs)
+    kept_outputs = [o for o in graph.output if o.name in original_outputs]
+    del graph.output[:]
+    graph.output.extend(kept_outputs)
+    kept_info = [v for v in graph.value_info if not v.name.startswith(prefix)]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    metadata.write(model, {})
+    return model
+
+
+def _precheck(model: onnx.ModelProto) -> None:
+    opset = main_opset(model)
+    if opset < OLDEST_OPSET:
+        raise UnsupportedModelError(f"the model uses ONNX opset {opset}; the engine supports opset {OLDEST_OPSET} and newer")
+    quantised = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTISED_OPS})
+    if quantised:
+        raise UnsupportedModelError(
+            f"quantised models are not supported ({', '.join(quantised)} found); convert the float model instead"
+        )
+    try:
+        checker.check_model(model)
+    except checker.ValidationError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "invalid model"
+        raise ModelLoadError(f"the model fails the ONNX checker: {first}") from None
+
+
+def _raise_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    opset = main_opset(model)
+    needed = MIN_OPSET
+    if any(n.op_type == "MaxPool" for n in model.graph.node):
+        needed = SCATTER_OPSET
+    if opset >= needed:
+        return model, opset
+    try:
+        converted = version_converter.convert_version(model, needed)
+    except Exception as error:  # the converter raises RuntimeError / ConvertError
+        raise UnsupportedModelError(
+            f"the model uses opset {opset}; the relevance operators need opset {needed}, and ONNX's version "
+            f"converter failed on it: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from None
+    return converted, needed
+
+
+def _layout(graph: Graph, requested: str | None) -> tuple[str, int]:
+    shape = graph.shape(graph.image)
+    rank = len(shape) if shape is not None else 4
+    first, last = LAYOUTS.get(rank, ("NC" + "X" * (rank - 2), "N" + "X" * (rank - 2) + "C"))
+    if requested:
+        if requested not in (first, last):
+            raise UsageError(f"layout '{requested}' does not fit the image input of rank {rank} (use {first} or {last})")
+        return requested, 1 if requested == first else rank - 1
+    consumers = graph.consumers()
+    for node in consumers.get(graph.image, []):
+        if node.op_type == "Transpose" and list(node.attrs.get("perm", [])) == [0, rank - 1, *range(1, rank - 1)]:
+            return last, rank - 1
+    return first, 1
+
+
+def _own_bounds(graph: Graph, node, rule: LinearRule):
+    shape = graph.shape(node.inputs[0])
+    rank = len(shape) if shape is not None else 4
+    axis = 1 if node.op_type == "Conv" else rank - 1
+    arrays = []
+    for key in ("low", "high"):
+        values = parse_bound_values(rule.params[key], key)
+        target = [1] * rank
+        if values.size > 1:
+            target[axis] = values.size
+        arrays.append(values.reshape(target))
+    return tuple(arrays)
+
+
+def _zbox_bounds(graph: Graph, rules: dict, low: Any, high: Any, channel_axis: int) -> dict:
+    needing = {name: rule for name, rule in rules.items() if isinstance(rule, LinearRule) and rule.needs_bounds}
+    nodes = {n.name: n for n in graph.nodes}
+    result = {}
+    carried_for = {}
+    for name, rule in needing.items():
+        if "low" in rule.params:
+            result[name] = _own_bounds(graph, nodes[name], rule)
+        else:
+            carried_for[name] = nodes[name].inputs[0]
+    if carried_for:
+        if low is None or high is None:
+            raise RuleError(
+                f"rule zbox (layers {', '.join(sorted(carried_for))}) needs the input bounds: give --low and --high "
+                "(one number or one per channel), or a --preset that sets them"
+            )
+        carried = carry_bounds(graph, bounds_at_input(graph, low, high, channel_axis), set(carried_for.values()))
+        for name, tensor in carried_for.items():
+            result[name] = carried[tensor]
+    return result
+
+
+def _unique(taken: set[str], wanted: str) -> str:
+    name = wanted
+    index = 1
+    while name in taken:
+        name = f"sglrp_{wanted}" if index == 1 else f"sglrp_{wanted}_{index}"
+        index += 1
+    taken.add(name)
+    return name
+
+
+def _all_names(model: onnx.ModelProto) -> set[str]:
+    graph = model.graph
+    names = {n.name for n in graph.node}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+    names.update(t.name for t in graph.initializer)
+    names.update(v.name for v in graph.input)
+    names.update(v.name for v in graph.output)
+    names.update(v.name for v in graph.value_info)
+    names.discard("")
+    return names
+
+
+def _describe_rule(rule) -> dict[str, Any]:
+    params = {}
+    for key, value in rule.params.items():
+        params[key] = np.asarray(value).tolist() if key in ("low", "high") else value
+    return {"rule": rule.name, **params}
+
+
+def convert(
+    model_or_path: Any,
+    method: str = "sglrp",
+    contrast: str | None = None,
+    composite: str = "dtd",
+    low: Any = None,
+    high: Any = None,
+    epsilon: float = 1e-6,
+    gamma: float = 0.25,
+    rules: dict[str, Any] | str | os.PathLike | None = None,
+    stabilizer: float = 1e-6,
+    positive: bool = False,
+    image_input: str | None = None,
+    preset: str | None = None,
+    layout: str | None = None,
+) -> onnx.ModelProto:
+    """Turn an ONNX classifier into a model that also outputs a relevance map (SPEC section 2).
+
+    Parameters follow SPEC sections 3-4: ``method`` (lrp, clrp, sglrp), ``contrast`` (signed,
+    scaled; None = the method's default), ``positive`` (clamp at 0), ``composite``, zbox bounds
+    ``low``/``high`` (one number or one per channel of the image input), ``epsilon`` (the epsilon
+    rule's), ``stabilizer`` (every other rule's), ``gamma``, ``rules`` (per-node overrides: a
+    mapping, or the path of a JSON/YAML rule file), ``image_input`` (with several float inputs),
+    ``preset`` (preprocessing preset; sets the bounds unless given), ``layout`` (NCHW/NHWC; detected
+    when None). Raises a :class:`sglrp_onnx.errors.SglrpError` subclass on bad input.
+    """
+    contrast = _check_options(method, contrast, {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma})
+    if preset is not None:
+        from sglrp_onnx.presets import get_preset
+
+        chosen = get_preset(preset)
+        low = chosen.low if low is None else low
+        high = chosen.high if high is None else high
+    if isinstance(rules, (str, os.PathLike)):
+        rules = load_rule_file(rules)
+    model = load_model(model_or_path)
+    if metadata.is_augmented(model):
+        model = strip_relevance(model)
+    _precheck(model)
+    original_opset = main_opset(model)
+    model, opset = _raise_opset(model)
+    graph = from_onnx(infer_shapes(model))
+    image_type = graph.dtypes.get(image_input or "", None)
+    canonicalize(graph, image_input)
+    if graph.dtypes.get(graph.image) != onnx.TensorProto.FLOAT:
+        kind = onnx.TensorProto.DataType.Name(graph.dtypes.get(graph.image, 0))
+        raise UnsupportedModelError(
+            f"the image input '{graph.image}' is {kind}; the engine explains float32 models only "
+            "(convert the model to float32 first, e.g. onnxconverter-common's float16 -> float32 tools)"
+        )
+    del image_type
+    layout_name, channel_axis = _layout(graph, layout)
+    defaults = {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma}
+    assigned = assign_rules(graph, composite, defaults, rules)
+    bounds = _zbox_bounds(graph, assigned, low, high, channel_axis)
+
+    logits_shape = graph.shape(graph.logits)
+    classes = int(logits_shape[1])
+    if method == "clrp" and classes < 2:
+        raise UnsupportedModelError(f"clrp needs at least 2 classes; the logits '{graph.logits}' have {classes}")
+
+    result = copy.deepcopy(model)
+    taken = _all_names(result)
+    names = {
+        "target": _unique(taken, "target"),
+        "explained_class": _unique(taken, "explained_class"),
+        "relevance": _unique(taken, "relevance"),
+    }
+    reuse_logits = graph.logits == "logits" and "logits" in graph.outputs and len(logits_shape) == 2
+    names["logits"] = "logits" if reuse_logits else _unique(taken, "logits")
+    emitter = Emitter(taken)
+    logits_2d = graph.logits
+    if len(logits_shape) == 4:
+        logits_2d = emitter.op("Flatten", [graph.logits], "logits2d", axis=1)
+    start = initial_relevance(emitter, logits_2d, names["target"], classes, method, contrast)
+    passes = 2 if contrast == "scaled" else 1
+    context = Context(emitter, graph, assigned, bounds, passes, nonnegative_tensors(graph))
+    relevance = start.relevance
+    if len(logits_shape) == 4:
+        relevance = emitter.op("Reshape", [relevance, emitter.const([-1, classes, 1, 1])], "initial4d")
+    relevance = emit_relevance(context, relevance)
+    if passes == 2:
+        relevance = combine_scaled(context, relevance, graph.image)
+    if positive:
+        relevance = emitter.op("Relu", [relevance], "positive")
+
+    _add_output(emitter, relevance, names["relevance"])
+    _add_output(emitter, start.explained_class, names["explained_class"])
+    if not reuse_logits:
+        _add_output(emitter, logits_2d, names["logits"])
+    _assemble(result, emitter, graph, names, classes, reuse_logits)
+    metadata.write(result, {
+        "version": __version__,
+        "method": method,
+        "contrast": contrast or "none",
+        "positive": str(bool(positive)).lower(),
+        "composite": composite,
+        "epsilon": repr(float(epsilon)),
+        "stabilizer": repr(float(stabilizer)),
+        "gamma": repr(float(gamma)),
+        "rules": rules or {},
+        "low": np.asarray(low).tolist() if low is not None else None,
+        "high": np.asarray(high).tolist() if high is not None else None,
+        "preset": preset or "",
+        "layout": layout_name,
+        "image_input": graph.image,
+        "logits_tensor": graph.logits,
+        "target_input": names["target"],
+        "logits_output": names["logits"],
+        "explained_class_output": names["explained_class"],
+        "relevance_output": names["relevance"],
+        "original_outputs": [o.name for o in model.graph.output],
+        "node_prefix": PREFIX,
+        "original_opset": str(original_opset),
+        "opset": str(opset),
+        "layer_rules": {name: _describe_rule(rule) for name, rule in assigned.items()},
+    })
+    _finish(result)
+    return result
+
+
+def _add_output(emitter: Emitter, source: str, name: str) -> None:
+    emitter.nodes.append(helper.make_node("Identity", [source], [name], name=emitter.fresh("output")))
+
+
+def _assemble(model: onnx.ModelProto, emitter: Emitter, graph: Graph, names: dict, classes: int, reuse_logits: bool) -> None:
+    g = model.graph
+    image_info = next(i for i in g.input if i.name == graph.image)
+    batch = copy.deepcopy(image_info.type.tensor_type.shape.dim[0]) if image_info.type.tensor_type.shape.dim else None
+
+    def info(name: str, elem_type: int, dims: list) -> onnx.ValueInfoProto:
+        value = helper.make_tensor_value_info(name, elem_type, None)
+        shape = value.type.tensor_type.shape
+        for dim in dims:
+            entry = shape.dim.add()
+            if dim == "batch":
+                if batch is not None:
+                    entry.CopyFrom(batch)
+            else:
+                entry.dim_value = dim
+        return value
+
+    g.input.append(info(names["target"], onnx.TensorProto.INT64, ["batch"]))
+    g.node.extend(emitter.nodes)
+    g.initializer.extend(emitter.initializers)
+    if not reuse_logits:
+        g.output.append(info(names["logits"], onnx.TensorProto.FLOAT, ["batch", classes]))
+    g.output.append(info(names["explained_class"], onnx.TensorProto.INT64, ["batch"]))
+    relevance_info = copy.deepcopy(image_info)
+    relevance_info.name = names["relevance"]
+    g.output.append(relevance_info)
+
+
+def _finish(model: onnx.ModelProto) -> None:
+    """Set the lowest IR version the opsets need and run the full ONNX check."""
+    del model.graph.value_info[:]
+    model.ir_version = max(helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True), 4)
+    try:
+        checker.check_model(model, full_check=True)
+    except Exception as error:
+        raise SglrpError(f"internal error: the converted model fails the ONNX checker ({error}); please report this") from None
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, force: bool = False) -> Path:
+    """Write a converted model atomically; an existing file needs ``force=True``."""
+    return save_model(model, path, force=force)

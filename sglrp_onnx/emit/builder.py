@@ -1,0 +1,152 @@
+"""Helpers to emit ONNX nodes for the relevance part: unique names, constants, shape tensors.
+
+Every node, tensor and initializer the engine adds carries the prefix :data:`PREFIX`, so that a
+converted model can be converted again (the old relevance part is recognised and dropped).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from sglrp_onnx.graph import Graph
+
+PREFIX = "sglrp/"
+
+
+class Emitter:
+    """Collects the nodes and initializers of the relevance part, with collision-free names."""
+
+    def __init__(self, taken: set[str], prefix: str = PREFIX):
+        self.prefix = prefix
+        self.taken = taken
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._counter = itertools.count()
+        self._constants: dict[tuple, str] = {}
+
+    def fresh(self, hint: str) -> str:
+        while True:
+            name = f"{self.prefix}{hint}_{next(self._counter)}"
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+
+    def const(self, value: Any, hint: str = "const", dtype: Any = None) -> str:
+        """A constant initializer; float data becomes float32, integer data int64 (deduplicated)."""
+        array = np.asarray(value)
+        if dtype is not None:
+            array = array.astype(dtype)
+        elif array.dtype.kind == "f":
+            array = array.astype(np.float32)
+        elif array.dtype.kind in "iub":
+            array = array.astype(np.int64) if array.dtype.kind != "b" else array
+        key = None
+        if array.size <= 4096:
+            key = (array.dtype.str, array.shape, array.tobytes())
+            if key in self._constants:
+                return self._constants[key]
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(array.copy(order="C"), name))
+        if key is not None:
+            self._constants[key] = name
+        return name
+
+    def op(self, op_type: str, inputs: Iterable[str], hint: str | None = None, outputs: int = 1, **attrs) -> Any:
+        """Add one node; returns its output name (or the list of names when ``outputs > 1``)."""
+        names = [self.fresh(hint or op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self.fresh(f"{op_type}"), **attrs))
+        return names[0] if outputs == 1 else names
+
+
+class Context:
+    """What the backward builders share: the emitter, the canonical graph, rules, bounds.
+
+    ``passes`` is 2 for the ``scaled`` contrast: relevance tensors then hold the target and the
+    dual half in one batch of 2N, and :meth:`fwd` tiles the forward tensors they meet.
+    """
+
+    def __init__(self, emitter: Emitter, graph: Graph, rules: dict, bounds: dict, passes: int, nonnegative: set[str]):
+        self.em = emitter
+        self.graph = graph
+        self.rules = rules
+        self.bounds = bounds
+        self.passes = passes
+        self.nonnegative = nonnegative
+        self._tiled: dict[str, str] = {}
+        self._shapes: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ forward tensors
+
+    def fwd(self, tensor: str) -> str:
+        """The forward tensor as the relevance batch sees it (tiled twice for 2 passes)."""
+        if self.passes == 1:
+            return tensor
+        if tensor not in self._tiled:
+            self._tiled[tensor] = self.em.op("Concat", [tensor] * self.passes, "tiled", axis=0)
+        return self._tiled[tensor]
+
+    def rank(self, tensor: str) -> int:
+        shape = self.graph.shape(tensor)
+        if shape is None:
+            raise KeyError(tensor)
+        return len(shape)
+
+    def shape_tensor(self, tensor: str) -> str:
+        """Runtime shape of the (tiled) forward tensor."""
+        key = self.fwd(tensor)
+        if key not in self._shapes:
+            self._shapes[key] = self.em.op("Shape", [key], "shape")
+        return self._shapes[key]
+
+    def batch_shape(self, tensor: str) -> str:
+        """A shape for Reshape: ``[-1, *dims[1:]]`` of ``tensor`` (static where known)."""
+        shape = self.graph.shape(tensor)
+        if shape is not None and all(d is not None for d in shape[1:]):
+            return self.em.const(np.array([-1, *shape[1:]], dtype=np.int64), "shape")
+        tail = self.em.op("Slice", [self.shape_tensor(tensor), self.em.const([1]), self.em.const([len(shape or ()) or 2**62])], "tail")
+        return self.em.op("Concat", [self.em.const([-1]), tail], "shape", axis=0)
+
+    def sample_shape(self, tensor: str) -> str:
+        """``[1, *dims[1:]]`` of ``tensor``: the shape of one sample."""
+        shape = self.graph.shape(tensor)
+        if shape is not None and all(d is not None for d in shape[1:]):
+            return self.em.const(np.array([1, *shape[1:]], dtype=np.int64), "shape")
+        tail = self.em.op("Slice", [self.shape_tensor(tensor), self.em.const([1]), self.em.const([2**62])], "tail")
+        return self.em.op("Concat", [self.em.const([1]), tail], "shape", axis=0)
+
+    def ones_sample(self, tensor: str) -> str:
+        """An all-ones tensor shaped like one sample of ``tensor`` (batch 1)."""
+        shape = self.graph.shape(tensor)
+        if shape is not None and all(d is not None for d in shape[1:]):
+            return self.em.const(np.ones((1, *shape[1:]), dtype=np.float32), "ones")
+        return self.em.op(
+            "ConstantOfShape", [self.sample_shape(tensor)], "ones", value=numpy_helper.from_array(np.ones(1, np.float32))
+        )
+
+    # ------------------------------------------------------------------ arithmetic
+
+    def stabilize(self, z: str, eps: float) -> str:
+        """Zennit's stabiliser: ``z + eps`` where ``z >= 0``, ``z - eps`` where ``z < 0``."""
+        non_negative = self.em.op("GreaterOrEqual", [z, self.em.const(np.float32(0))], "nonneg")
+        shift = self.em.op("Where", [non_negative, self.em.const(np.float32(eps)), self.em.const(np.float32(-eps))], "shift")
+        return self.em.op("Add", [z, shift], "stab")
+
+    def add_all(self, terms: list[str], hint: str = "sum") -> str:
+        if len(terms) == 1:
+            return terms[0]
+        if len(terms) == 2:
+            return self.em.op("Add", terms, hint)
+        return self.em.op("Sum", terms, hint)
+
+    def mul(self, a: str, b: str, hint: str = "mul") -> str:
+        return self.em.op("Mul", [a, b], hint)
+
+    def scale(self, a: str, factor: float, hint: str = "scaled") -> str:
+        if factor == 1.0:
+            return a
+        return self.em.op("Mul", [a, self.em.const(np.float32(factor))], hint)

@@ -1,0 +1,187 @@
+"""Backward builders of the linear layers (canonical ``Conv`` and ``Dense``) for every rule.
+
+The rule (:mod:`sglrp_onnx.rules`) is data; this module turns its terms into ONNX operators: a
+modified forward per term (the unmodified one is the forward's own tensor, reused), the
+stabilised group denominators, the transpose of the linear map (ConvTranspose for Conv, MatMul by
+the transposed weight for Dense), and the reducer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sglrp_onnx.errors import UnsupportedModelError
+from sglrp_onnx.graph import Node
+from sglrp_onnx.rules import LinearRule, SimpleRule, keep
+
+from .builder import Context
+from .registry import register
+
+
+class ConvMap:
+    """Forward and transpose of a canonical Conv with changeable weights."""
+
+    def __init__(self, ctx: Context, node: Node):
+        self.ctx, self.node = ctx, node
+        attrs = node.attrs
+        self.strides = attrs["strides"]
+        self.dilations = attrs["dilations"]
+        self.group = attrs["group"]
+        self.pads = attrs["pads"]
+
+    def forward(self, x: str, weight: np.ndarray, bias: np.ndarray) -> str:
+        em = self.ctx.em
+        inputs = [x, em.const(weight, "w")]
+        if np.any(bias != 0):
+            inputs.append(em.const(bias, "b"))
+        return em.op("Conv", inputs, "z", strides=self.strides, dilations=self.dilations, group=self.group, pads=self.pads)
+
+    def transpose(self, s: str, weight: np.ndarray) -> str:
+        return conv_transpose(self.ctx, self.node.inputs[0], self.node.outputs[0], s, self.ctx.em.const(weight, "w"),
+                              list(weight.shape[2:]), self.strides, self.dilations, self.pads, self.group)
+
+
+def conv_transpose(ctx: Context, x: str, y: str, s: str, weight: str, kernel, strides, dilations, pads, group) -> str:
+    """ConvTranspose of ``s`` (shaped like ``y``) back to the shape of ``x``.
+
+    The end padding / output_padding is chosen from static shapes so that the result has exactly
+    the input's spatial size; with dynamic spatial sizes the result is padded / cut at run time.
+    """
+    rank = len(kernel)
+    begin = list(pads[:rank])
+    x_shape, y_shape = ctx.graph.shape(x), ctx.graph.shape(y)
+    static = x_shape is not None and y_shape is not None and all(d is not None for d in list(x_shape[2:]) + list(y_shape[2:]))
+    if static:
+        ends, extra = [], []
+        for i in range(rank):
+            full = (y_shape[2 + i] - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1
+            excess = full - begin[i] - x_shape[2 + i]
+            ends.append(max(excess, 0))
+            extra.append(max(-excess, 0))
+        fits = all(e < max(st, d) for e, st, d in zip(extra, strides, dilations))
+        attrs = dict(strides=strides, dilations=dilations, group=group, pads=begin + ends)
+        if fits and any(extra):
+            attrs["output_padding"] = extra
+        out = ctx.em.op("ConvTranspose", [s, weight], "c", **attrs)
+        if any(extra) and not fits:
+            pads_all = [0] * (2 + rank) + [0, 0] + extra
+            out = ctx.em.op("Pad", [out, ctx.em.const(np.array(pads_all, np.int64))], "c")
+        return out
+    out = ctx.em.op("ConvTranspose", [s, weight], "c", strides=strides, dilations=dilations, group=group, pads=begin + [0] * rank)
+    return fit_spatial(ctx, out, x, rank)
+
+
+def fit_spatial(ctx: Context, tensor: str, like: str, rank: int) -> str:
+    """Pad with zeros / cut ``tensor``'s spatial axes (2..) to the spatial size of ``like``."""
+    em = ctx.em
+    target = em.op("Slice", [ctx.shape_tensor(like), em.const([2]), em.const([2 + rank])], "target")
+    current = em.op("Slice", [em.op("Shape", [tensor]), em.const([2]), em.const([2 + rank])], "current")
+    missing = em.op("Max", [em.op("Sub", [target, current]), em.const(np.zeros(rank, np.int64))], "missing")
+    pads = em.op("Concat", [em.const(np.zeros(2 + rank + 2, np.int64)), missing], "pads", axis=0)
+    padded = em.op("Pad", [tensor, pads], "padded")
+    axes = em.const(np.arange(2, 2 + rank, dtype=np.int64))
+    return em.op("Slice", [padded, em.const(np.zeros(rank, np.int64)), target, axes], "fitted")
+
+
+class DenseMap:
+    """Forward and transpose of a canonical Dense layer (``x @ W + b`` over the last axis)."""
+
+    def __init__(self, ctx: Context, node: Node):
+        self.ctx, self.node = ctx, node
+        shape = ctx.graph.shape(node.inputs[0])
+        self.two_d = shape is not None and len(shape) == 2
+
+    def forward(self, x: str, weight: np.ndarray, bias: np.ndarray) -> str:
+        em = self.ctx.em
+        has_bias = bool(np.any(bias != 0))
+        if self.two_d:
+            inputs = [x, em.const(weight, "w")] + ([em.const(bias, "b")] if has_bias else [])
+            return em.op("Gemm", inputs, "z")
+        z = em.op("MatMul", [x, em.const(weight, "w")], "z")
+        return em.op("Add", [z, em.const(bias, "b")], "z") if has_bias else z
+
+    def transpose(self, s: str, weight: np.ndarray) -> str:
+        em = self.ctx.em
+        if self.two_d:
+            return em.op("Gemm", [s, em.const(weight, "w")], "c", transB=1)
+        return em.op("MatMul", [s, em.const(np.ascontiguousarray(weight.T), "wt")], "c")
+
+
+def _term_input(ctx: Context, node: Node, kind: str, cache: dict) -> str:
+    if kind in cache:
+        return cache[kind]
+    em = ctx.em
+    x = node.inputs[0]
+    if kind == "x":
+        value = ctx.fwd(x)
+    elif kind == "pos":
+        value = em.op("Relu", [ctx.fwd(x)], "xpos")
+    elif kind == "neg":
+        value = em.op("Min", [ctx.fwd(x), em.const(np.float32(0))], "xneg")
+    elif kind == "ones":
+        value = ctx.ones_sample(x)
+    else:  # low / high
+        bounds = ctx.bounds.get(node.name)
+        if bounds is None:
+            raise UnsupportedModelError(f"{node.describe(ctx.graph)}: zbox has no bounds")
+        array = bounds[0] if kind == "low" else bounds[1]
+        value = em.op("Expand", [em.const(array, kind), ctx.sample_shape(x)], kind)
+    cache[kind] = value
+    return value
+
+
+def emit_linear_rule(ctx: Context, node: Node, relevance: str, rule: LinearRule, layer) -> str:
+    """Relevance at the input of a linear layer under ``rule`` (see :mod:`sglrp_onnx.rules`)."""
+    em = ctx.em
+    weight, bias = node.params["weight"], node.params["bias"]
+    x = node.inputs[0]
+    terms = [t for t in rule.terms if not (t.input == "neg" and x in ctx.nonnegative)]
+    inputs: dict[str, str] = {}
+    params: dict[tuple, tuple] = {}
+    outputs: list[str] = []
+    for term in terms:
+        key = (term.weight, term.bias)
+        if key not in params:
+            params[key] = (term.weight(weight, rule.gamma), term.bias(bias, rule.gamma))
+        if term.input == "x" and term.weight is keep and term.bias is keep:
+            outputs.append(ctx.fwd(node.outputs[0]))  # the forward already computed it
+        else:
+            w_k, b_k = params[key]
+            outputs.append(layer.forward(_term_input(ctx, node, term.input, inputs), w_k, b_k))
+    groups = sorted({t.group for t in terms})
+    quotients = {}
+    for group in groups:
+        members = [ctx.scale(z, t.sign, "signed") for t, z in zip(terms, outputs) if t.group == group]
+        denominator = ctx.stabilize(ctx.add_all(members, "zsum"), rule.stabilizer)
+        numerator = relevance
+        mask = rule.masks[group] if group < len(rule.masks) else "all"
+        if mask != "all":
+            compare = "Greater" if mask == "z>0" else "Less"
+            selected = em.op(compare, [ctx.fwd(node.outputs[0]), em.const(np.float32(0))], "mask")
+            numerator = em.op("Where", [selected, relevance, em.const(np.float32(0))], "masked")
+        quotients[group] = em.op("Div", [numerator, denominator], "s")
+    contributions = []
+    transposed: dict[tuple, str] = {}
+    for term in terms:
+        key = (term.group, term.weight)
+        if key not in transposed:
+            transposed[key] = layer.transpose(quotients[term.group], params[(term.weight, term.bias)][0])
+        c = transposed[key]
+        if rule.reducer == "input":
+            c = ctx.mul(_term_input(ctx, node, term.input, inputs), c, "r")
+        contributions.append(ctx.scale(c, term.coef, "r"))
+    return ctx.add_all(contributions, "r")
+
+
+@register("Conv", "Dense")
+def backward_linear(ctx: Context, node: Node, relevance_out: list) -> list:
+    rule = ctx.rules[node.name]
+    relevance = relevance_out[0]
+    if isinstance(rule, SimpleRule) and rule.name == "pass":
+        return [relevance]
+    if isinstance(rule, SimpleRule):  # norm: the layer itself, stabilised like LRP-0
+        from sglrp_onnx.rules import zero_rule
+
+        rule = zero_rule(rule.stabilizer)
+    layer = ConvMap(ctx, node) if node.op_type == "Conv" else DenseMap(ctx, node)
+    return [emit_linear_rule(ctx, node, relevance, rule, layer)]

@@ -1,0 +1,67 @@
+"""Walk the canonical graph backwards from the logits and emit every layer's relevance rule."""
+
+from __future__ import annotations
+
+from sglrp_onnx.errors import UnsupportedModelError
+from sglrp_onnx.graph import Graph
+
+from . import linear, pooling, structural  # noqa: F401  (they register their builders)
+from .builder import Context
+from .registry import BACKWARD
+
+#: Ops whose output is >= 0 whatever the input, and ops that keep a non-negative input >= 0.
+NONNEGATIVE_OUTPUT = ("Relu", "Sigmoid", "Softmax", "Abs")
+KEEPS_SIGN = ("MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Squeeze",
+              "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Add", "Sum", "Mul")
+
+
+def nonnegative_tensors(graph: Graph) -> set[str]:
+    """Tensors that are >= 0 for every input: the ``x-`` terms of rules vanish on them."""
+    known: set[str] = set()
+    for node in graph.nodes:
+        computed = [n for n in node.inputs if n and not graph.is_const(n)]
+        constants_ok = all(
+            (graph.constants[n] >= 0).all() for n in node.inputs if n and graph.is_const(n)
+        ) if node.op_type in ("Add", "Sum", "Mul") else True
+        if node.op_type in NONNEGATIVE_OUTPUT:
+            ok = True
+        elif node.op_type == "Clip":
+            low = node.attrs.get("min")
+            if len(node.inputs) > 1 and node.inputs[1] and graph.is_const(node.inputs[1]):
+                low = float(graph.constants[node.inputs[1]])
+            ok = low is not None and low >= 0
+        elif node.op_type in KEEPS_SIGN:
+            ok = bool(computed) and all(n in known for n in computed) and constants_ok
+        else:
+            ok = False
+        if ok:
+            known.update(o for o in node.outputs if o)
+    return known
+
+
+def emit_relevance(ctx: Context, start_relevance: str) -> str:
+    """Propagate ``start_relevance`` (at ``graph.logits``) to the image; returns its tensor name."""
+    graph = ctx.graph
+    pending: dict[str, list[str]] = {graph.logits: [start_relevance]}
+
+    def collect(tensor: str) -> str | None:
+        parts = pending.pop(tensor, None)
+        if not parts:
+            return None
+        return ctx.add_all(parts, "r")
+
+    for node in reversed(graph.nodes):
+        relevance_out = [collect(out) if out else None for out in node.outputs]
+        if all(r is None for r in relevance_out):
+            continue
+        builder = BACKWARD.get(node.op_type)
+        if builder is None:
+            raise UnsupportedModelError(f"unsupported operator: {node.describe(graph)} has no relevance rule")
+        relevance_in = builder(ctx, node, relevance_out)
+        for name, relevance in zip(node.inputs, relevance_in):
+            if name and relevance is not None and not graph.is_const(name):
+                pending.setdefault(name, []).append(relevance)
+    result = collect(graph.image)
+    if result is None:
+        raise UnsupportedModelError(f"no relevance reaches the image input '{graph.image}' from the logits '{graph.logits}'")
+    return result

@@ -1,0 +1,235 @@
+"""Backward builders of layers without weights: activations, sums, gates, and shape operations.
+
+SPEC section 5 fixes each rule: activations and constant affine ops pass relevance unchanged;
+residual sums split it in proportion to the summands (``norm``); a gate computed from the tensor
+it multiplies counts as a constant; shape operations are undone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sglrp_onnx.errors import UnsupportedModelError
+from sglrp_onnx.graph import Node
+
+from .builder import Context
+from .registry import register
+
+ACTIVATIONS = (
+    "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
+    "Celu", "Gelu", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Erf", "LRN", "BatchNormalization",
+    "Neg", "Abs", "Swish",
+)
+
+
+@register(*ACTIVATIONS)
+def backward_pass(ctx: Context, node: Node, relevance_out: list) -> list:
+    """``pass``: all relevance to the first input (other inputs are parameters)."""
+    return [relevance_out[0]] + [None] * (len(node.inputs) - 1)
+
+
+def _computed(ctx: Context, node: Node) -> list[int]:
+    return [i for i, name in enumerate(node.inputs) if name and not ctx.graph.is_const(name)]
+
+
+def _unbroadcast(ctx: Context, relevance: str, tensor: str, out: str) -> str:
+    """Sum relevance over the axes along which ``tensor`` was broadcast to the output's shape."""
+    shape, out_shape = ctx.graph.shape(tensor), ctx.graph.shape(out)
+    if shape == out_shape:
+        return relevance
+    if shape is None or out_shape is None:
+        raise UnsupportedModelError(f"cannot undo the broadcast of '{tensor}' to '{out}': shapes unknown")
+    padded = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
+    axes = [i for i, (a, b) in enumerate(zip(padded, out_shape)) if a == 1 and b != 1]
+    if axes:
+        relevance = ctx.em.op("ReduceSum", [relevance, ctx.em.const(np.array(axes, np.int64))], "unbroadcast", keepdims=1)
+    if len(shape) != len(out_shape):
+        relevance = ctx.em.op("Reshape", [relevance, ctx.batch_shape(tensor)], "unbroadcast")
+    return relevance
+
+
+@register("Add", "Sum")
+def backward_sum(ctx: Context, node: Node, relevance_out: list) -> list:
+    """``norm`` over the computed summands: ``R_i = a_i * R / stab(sum)``; constants: ``pass``."""
+    computed = _computed(ctx, node)
+    relevance = relevance_out[0]
+    result: list = [None] * len(node.inputs)
+    if len(computed) == 1:
+        result[computed[0]] = _unbroadcast(ctx, relevance, node.inputs[computed[0]], node.outputs[0])
+        return result
+    rule = ctx.rules.get(node.name)
+    stabilizer = getattr(rule, "stabilizer", 1e-6)
+    s = ctx.em.op("Div", [relevance, ctx.stabilize(ctx.fwd(node.outputs[0]), stabilizer)], "s")
+    for i in computed:
+        share = ctx.mul(ctx.fwd(node.inputs[i]), s, "r")
+        result[i] = _unbroadcast(ctx, share, node.inputs[i], node.outputs[0])
+    return result
+
+
+@register("Sub", "Div")
+def backward_constant_affine(ctx: Context, node: Node, relevance_out: list) -> list:
+    computed = _computed(ctx, node)
+    if len(computed) != 1 or (node.op_type == "Div" and computed[0] != 0):
+        raise UnsupportedModelError(
+            f"{node.describe(ctx.graph)}: {node.op_type} of two computed tensors has no relevance rule"
+        )
+    result: list = [None] * len(node.inputs)
+    result[computed[0]] = _unbroadcast(ctx, relevance_out[0], node.inputs[computed[0]], node.outputs[0])
+    return result
+
+
+def _depends_on(ctx: Context, tensor: str, source: str) -> bool:
+    """Whether ``tensor`` is computed from ``source`` in the canonical graph."""
+    producers = ctx.graph.producers()
+    stack, seen = [tensor], set()
+    while stack:
+        name = stack.pop()
+        if name == source:
+            return True
+        if name in seen:
+            continue
+        seen.add(name)
+        node = producers.get(name)
+        if node is not None:
+            stack.extend(n for n in node.inputs if n)
+    return False
+
+
+@register("Mul")
+def backward_mul(ctx: Context, node: Node, relevance_out: list) -> list:
+    """By a constant: ``pass``. By a gate computed from the tensor itself: all to that tensor."""
+    computed = _computed(ctx, node)
+    result: list = [None] * len(node.inputs)
+    if len(computed) == 1:
+        result[computed[0]] = _unbroadcast(ctx, relevance_out[0], node.inputs[computed[0]], node.outputs[0])
+        return result
+    a, b = node.inputs[0], node.inputs[1]
+    if a == b:
+        result[0] = relevance_out[0]
+        return result
+    if _depends_on(ctx, b, a):
+        result[0] = _unbroadcast(ctx, relevance_out[0], a, node.outputs[0])
+    elif _depends_on(ctx, a, b):
+        result[1] = _unbroadcast(ctx, relevance_out[0], b, node.outputs[0])
+    else:
+        raise UnsupportedModelError(
+            f"{node.describe(ctx.graph)}: Mul of two independent computed tensors has no relevance rule "
+            "(only a gate computed from the tensor it multiplies is supported)"
+        )
+    return result
+
+
+@register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def backward_reshape(ctx: Context, node: Node, relevance_out: list) -> list:
+    x = node.inputs[0]
+    reshaped = ctx.em.op("Reshape", [relevance_out[0], ctx.batch_shape(x)], "r")
+    return [reshaped] + [None] * (len(node.inputs) - 1)
+
+
+@register("Transpose")
+def backward_transpose(ctx: Context, node: Node, relevance_out: list) -> list:
+    rank = ctx.rank(node.inputs[0])
+    perm = list(node.attrs.get("perm", list(reversed(range(rank)))))
+    if perm[0] != 0:
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: a Transpose that moves the batch axis is not supported")
+    inverse = [0] * rank
+    for i, p in enumerate(perm):
+        inverse[p] = i
+    return [ctx.em.op("Transpose", [relevance_out[0]], "r", perm=inverse)]
+
+
+def _axis_sizes(ctx: Context, node: Node, tensors: list[str], axis: int) -> str:
+    sizes = []
+    for name in tensors:
+        shape = ctx.graph.shape(name)
+        sizes.append(None if shape is None else shape[axis])
+    if all(s is not None for s in sizes):
+        return ctx.em.const(np.array(sizes, np.int64), "split")
+    parts = [ctx.em.op("Gather", [ctx.shape_tensor(name), ctx.em.const(np.array([axis], np.int64))], "size") for name in tensors]
+    return ctx.em.op("Concat", parts, "split", axis=0)
+
+
+@register("Concat")
+def backward_concat(ctx: Context, node: Node, relevance_out: list) -> list:
+    rank = ctx.rank(node.outputs[0])
+    axis = int(node.attrs["axis"]) % rank
+    if axis == 0:
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Concat along the batch axis is not supported")
+    inputs = [name for name in node.inputs if name]
+    if len(inputs) == 1:
+        return [relevance_out[0]]
+    pieces = ctx.em.op("Split", [relevance_out[0], _axis_sizes(ctx, node, inputs, axis)], "r", outputs=len(inputs), axis=axis)
+    return [None if ctx.graph.is_const(name) else piece for name, piece in zip(inputs, pieces)]
+
+
+@register("Split")
+def backward_split(ctx: Context, node: Node, relevance_out: list) -> list:
+    rank = ctx.rank(node.inputs[0])
+    axis = int(node.attrs.get("axis", 0)) % rank
+    if axis == 0:
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Split along the batch axis is not supported")
+    pieces = []
+    for out, relevance in zip(node.outputs, relevance_out):
+        if relevance is None:
+            shape = ctx.em.op("Shape", [ctx.fwd(out)], "shape")
+            relevance = ctx.em.op("ConstantOfShape", [shape], "zeros")
+        pieces.append(relevance)
+    return [ctx.em.op("Concat", pieces, "r", axis=axis)] + [None] * (len(node.inputs) - 1)
+
+
+def _const_ints(ctx: Context, node: Node, index: int, what: str) -> list[int] | None:
+    if len(node.inputs) <= index or not node.inputs[index]:
+        return None
+    name = node.inputs[index]
+    if not ctx.graph.is_const(name):
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: its {what} are computed at run time")
+    return [int(v) for v in ctx.graph.constants[name].reshape(-1)]
+
+
+@register("Pad")
+def backward_pad(ctx: Context, node: Node, relevance_out: list) -> list:
+    """The padded border is cut off."""
+    x = node.inputs[0]
+    rank = ctx.rank(x)
+    pads = node.attrs.get("pads") or _const_ints(ctx, node, 1, "pads")
+    axes = _const_ints(ctx, node, 3, "axes") or list(range(rank))
+    axes = [a % rank for a in axes]
+    count = len(axes)
+    begins, ends = pads[:count], pads[count:]
+    if any(p < 0 for p in pads):
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Pad with negative pads is not supported")
+    negative = [0] * rank * 2
+    for axis, b, e in zip(axes, begins, ends):
+        negative[axis], negative[rank + axis] = -b, -e
+    cut = ctx.em.op("Pad", [relevance_out[0], ctx.em.const(np.array(negative, np.int64))], "r")
+    return [cut] + [None] * (len(node.inputs) - 1)
+
+
+@register("Slice")
+def backward_slice(ctx: Context, node: Node, relevance_out: list) -> list:
+    """Relevance goes back to the sliced positions; the parts cut away get zero."""
+    x = node.inputs[0]
+    shape = ctx.graph.shape(x)
+    starts = _const_ints(ctx, node, 1, "starts")
+    ends = _const_ints(ctx, node, 2, "ends")
+    if starts is None:
+        starts, ends = list(node.attrs["starts"]), list(node.attrs["ends"])
+        axes = list(node.attrs.get("axes", range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        axes = _const_ints(ctx, node, 3, "axes") or list(range(len(starts)))
+        steps = _const_ints(ctx, node, 4, "steps") or [1] * len(starts)
+    if shape is None:
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice needs known input shapes")
+    rank = len(shape)
+    pads = [0] * rank * 2
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        axis %= rank
+        if axis == 0:
+            raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice along the batch axis is not supported")
+        if step != 1 or shape[axis] is None:
+            raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice with steps or dynamic sizes is not supported")
+        first, stop, _ = slice(start, end, step).indices(shape[axis])
+        pads[axis], pads[rank + axis] = first, shape[axis] - max(stop, first)
+    padded = ctx.em.op("Pad", [relevance_out[0], ctx.em.const(np.array(pads, np.int64))], "r")
+    return [padded] + [None] * (len(node.inputs) - 1)

@@ -102,6 +102,8 @@ def _carry(graph: Graph, node: Node, known: dict[str, Bounds]) -> Bounds:
         low, high = _full(graph, node, known[source], source)
         target = (1,) + tuple(out_shape[1:])
         return low.reshape(target), high.reshape(target)
+    if op == "Pad":
+        return _carry_pad(graph, node, known[source])
     if op in ("Relu", "Clip"):
         low, high = known[source]
         lo = graph.constants.get(node.inputs[1]) if op == "Clip" and len(node.inputs) > 1 and node.inputs[1] else node.attrs.get("min")
@@ -115,6 +117,34 @@ def _carry(graph: Graph, node: Node, known: dict[str, Bounds]) -> Bounds:
         f"cannot carry zbox bounds through {node.describe(graph)} to a first layer; give that layer its own "
         "bounds with a rule override {\"rule\": \"zbox\", \"low\": ..., \"high\": ...}"
     )
+
+
+def _carry_pad(graph: Graph, node: Node, bounds: Bounds) -> Bounds:
+    """Padded positions hold the pad value (constant mode) or copies of the border (other modes)."""
+    low, high = _full(graph, node, bounds, node.inputs[0])
+    rank = low.ndim
+    pads = node.attrs.get("pads")
+    if pads is None and len(node.inputs) > 1 and graph.is_const(node.inputs[1]):
+        pads = graph.constants[node.inputs[1]].reshape(-1).tolist()
+    axes = list(range(rank))
+    if len(node.inputs) > 3 and node.inputs[3]:
+        axes = [int(a) % rank for a in graph.constants[node.inputs[3]].reshape(-1)]
+    if pads is None or any(p < 0 for p in pads):
+        raise RuleError(f"cannot carry zbox bounds through {node.describe(graph)}: pads unknown or negative")
+    width = [(0, 0)] * rank
+    for i, axis in enumerate(axes):
+        width[axis] = (int(pads[i]), int(pads[len(axes) + i]))
+    mode = node.attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode == "constant":
+        value = 0.0
+        if len(node.inputs) > 2 and node.inputs[2] and graph.is_const(node.inputs[2]):
+            value = float(graph.constants[node.inputs[2]].reshape(-1)[0])
+        return np.pad(low, width, constant_values=value), np.pad(high, width, constant_values=value)
+    numpy_mode = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}.get(mode)
+    if numpy_mode is None:
+        raise RuleError(f"cannot carry zbox bounds through {node.describe(graph)}: pad mode {mode}")
+    return np.pad(low, width, mode=numpy_mode), np.pad(high, width, mode=numpy_mode)
 
 
 def carry_bounds(graph: Graph, image_bounds: Bounds, targets: set[str]) -> dict[str, Bounds]:

@@ -19,7 +19,7 @@ from onnx import checker, helper, version_converter
 
 from sglrp_onnx import metadata
 from sglrp_onnx.bounds import bounds_at_input, carry_bounds, parse_bound_values
-from sglrp_onnx.canonicalize import canonicalize
+from sglrp_onnx.canonicalize import canonicalize, fold_model_constants
 from sglrp_onnx.composites import assign_rules
 from sglrp_onnx.emit.builder import PREFIX, Context, Emitter
 from sglrp_onnx.emit.methods import CONTRASTS, DEFAULT_CONTRAST, METHODS, combine_scaled, initial_relevance
@@ -256,8 +256,7 @@ def convert(
     _precheck(model)
     original_opset = main_opset(model)
     model, opset = _raise_opset(model)
-    graph = from_onnx(infer_shapes(model))
-    image_type = graph.dtypes.get(image_input or "", None)
+    graph = from_onnx(infer_shapes(fold_model_constants(model)))
     canonicalize(graph, image_input)
     if graph.dtypes.get(graph.image) != onnx.TensorProto.FLOAT:
         kind = onnx.TensorProto.DataType.Name(graph.dtypes.get(graph.image, 0))
@@ -265,7 +264,6 @@ def convert(
             f"the image input '{graph.image}' is {kind}; the engine explains float32 models only "
             "(convert the model to float32 first, e.g. onnxconverter-common's float16 -> float32 tools)"
         )
-    del image_type
     layout_name, channel_axis = _layout(graph, layout)
     defaults = {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma}
     assigned = assign_rules(graph, composite, defaults, rules)

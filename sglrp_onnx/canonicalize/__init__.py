@@ -2,7 +2,8 @@
 
 Pipeline (each step one module, each leaves the forward's values unchanged):
 
-1. :func:`fold_constants` - weights from Constant nodes and constant subgraphs become constants;
+1. :func:`fold_model_constants` (on a copy of the ModelProto, before shape inference) - weights
+   from Constant nodes and constant subgraphs become constants;
 2. :func:`remove_noops` - Dropout, Identity and float-to-float Cast disappear;
 3. image input and logits found (:mod:`.find_io`);
 4. :func:`canonicalize_linear_layers` - Conv / Gemm / MatMul become canonical ``Conv`` / ``Dense``;
@@ -15,17 +16,16 @@ from __future__ import annotations
 from sglrp_onnx.graph import Graph
 
 from .find_io import ancestors, find_image_input, find_logits, float_path
-from .fold_constants import fold_constants
+from .fold_constants import fold_model_constants
 from .fold_into_linear import fold_into_linear
 from .linear_layers import canonicalize_linear_layers, resolve_conv_pads
 from .remove_noops import remove_noops
 
-__all__ = ["canonicalize", "resolve_conv_pads", "float_path", "ancestors"]
+__all__ = ["canonicalize", "fold_model_constants", "resolve_conv_pads", "float_path", "ancestors"]
 
 
 def canonicalize(graph: Graph, image_input: str | None = None) -> Graph:
     """Run the whole pipeline; ``graph.image`` and ``graph.logits`` are set on return."""
-    fold_constants(graph)
     graph.image = find_image_input(graph, image_input)
     graph.logits = find_logits(graph)
     remove_noops(graph)

@@ -1,18 +1,18 @@
-"""Evaluate every node computed only from constants (Constant nodes, weight transposes, ...).
+"""Evaluate every node computed only from constants (Constant nodes, weight transposes, pads).
 
-Older exporters deliver weights as Constant nodes or small constant subgraphs; after this pass
-they are plain numpy constants in :attr:`Graph.constants`, like initializers. Nodes that read a
-runtime tensor stay as they are (shape subgraphs on dynamic shapes included).
+Older exporters deliver weights as Constant nodes or small constant subgraphs, and TF-style
+"same" padding as a Pad whose pads come from a constant subgraph. This pass works on a copy of
+the ModelProto, before shape inference, so that shapes behind such subgraphs become static too:
+folded values become initializers of the copy. Nodes that read a runtime tensor stay (shape
+subgraphs on dynamic shapes included). The forward model the user gets is not this copy.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-
-from sglrp_onnx.graph import Graph
 
 #: Ops never folded: their value is not a function of their inputs.
 NON_DETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -21,40 +21,50 @@ NON_DETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
 MAX_FOLDED_ELEMENTS = 1 << 28
 
 
-def _evaluate(node, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
-    feeds = {}
-    graph_inputs = []
-    for name, value in zip(node.inputs, inputs):
+def _evaluate(node: onnx.NodeProto, values: dict[str, np.ndarray], opsets) -> list[np.ndarray]:
+    graph_inputs, feeds = [], {}
+    for name in node.input:
         if name and name not in feeds:
+            value = values[name]
             feeds[name] = value
             graph_inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape))
-    proto = helper.make_node(node.op_type, node.inputs, node.outputs, name=node.name, **node.attrs)
-    outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.outputs if o]
-    model = helper.make_model(
-        helper.make_graph([proto], "fold", graph_inputs, outputs), opset_imports=[helper.make_opsetid("", opset)]
-    )
-    results = ReferenceEvaluator(model).run(None, feeds)
-    return [np.asarray(r) for r in results]
+    outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]
+    model = helper.make_model(helper.make_graph([node], "fold", graph_inputs, outputs), opset_imports=list(opsets))
+    return [np.asarray(r) for r in ReferenceEvaluator(model).run(None, feeds)]
 
 
-def fold_constants(graph: Graph) -> Graph:
-    """Replace nodes whose inputs are all constants by their values (in topological order)."""
-    kept = []
-    for node in graph.nodes:
-        present = [name for name in node.inputs if name]
-        foldable = node.op_type not in NON_DETERMINISTIC and all(graph.is_const(name) for name in present)
-        if node.op_type == "Constant":
-            foldable = True
+def fold_model_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` in which nodes computed only from constants are initializers."""
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    graph = folded.graph
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    runtime_inputs = {i.name for i in graph.input} - set(values)
+    kept, new_constants = [], {}
+    for node in graph.node:
+        present = [name for name in node.input if name]
+        foldable = (
+            node.domain in ("", "ai.onnx")
+            and node.op_type not in NON_DETERMINISTIC
+            and all(name in values and name not in runtime_inputs for name in present)
+            and not any(a.type == onnx.AttributeProto.GRAPH for a in node.attribute)
+        )
+        results = None
         if foldable:
             try:
-                values = _evaluate(node, [graph.constants.get(name) if name else None for name in node.inputs], graph.opset)
-            except Exception:  # the node is left for the later passes to judge
-                values = None
-            if values is not None and all(v.size <= MAX_FOLDED_ELEMENTS for v in values):
-                for name, value in zip([o for o in node.outputs if o], values):
-                    graph.constants[name] = value
-                    graph.shapes[name] = tuple(value.shape)
-                continue
-        kept.append(node)
-    graph.nodes = kept
-    return graph
+                results = _evaluate(node, values, folded.opset_import)
+            except Exception:  # left for the later passes to judge
+                results = None
+        if results is None or any(r.size > MAX_FOLDED_ELEMENTS for r in results):
+            kept.append(node)
+            continue
+        for name, value in zip([o for o in node.output if o], results):
+            values[name] = value
+            new_constants[name] = value
+    used = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    del graph.node[:]
+    graph.node.extend(kept)
+    for name, value in new_constants.items():
+        if name in used:
+            graph.initializer.append(numpy_helper.from_array(value, name))
+    return folded

@@ -12,7 +12,7 @@ import numpy as np
 
 from sglrp_onnx.errors import UnsupportedModelError
 from sglrp_onnx.graph import Node
-from sglrp_onnx.rules import LinearRule, SimpleRule, keep
+from sglrp_onnx.rules import LinearRule, SimpleRule, keep, ones, positive, square, zero
 
 from .builder import Context
 from .registry import register
@@ -37,20 +37,28 @@ class ConvMap:
         return em.op("Conv", inputs, "z", strides=self.strides, dilations=self.dilations, group=self.group, pads=self.pads)
 
     def transpose(self, s: str, weight: np.ndarray) -> str:
-        return conv_transpose(self.ctx, self.node.inputs[0], self.node.outputs[0], s, self.ctx.em.const(weight, "w"),
-                              list(weight.shape[2:]), self.strides, self.dilations, self.pads, self.group)
+        return conv_transpose(self.ctx, self.node.inputs[0], self.node.outputs[0], s, weight,
+                              self.strides, self.dilations, self.pads, self.group)
 
 
-def conv_transpose(ctx: Context, x: str, y: str, s: str, weight: str, kernel, strides, dilations, pads, group) -> str:
-    """ConvTranspose of ``s`` (shaped like ``y``) back to the shape of ``x``.
+def conv_transpose(ctx: Context, x: str, y: str, s: str, weight: np.ndarray, strides, dilations, pads, group) -> str:
+    """The transpose of a convolution applied to ``s`` (shaped like ``y``), shaped like ``x``.
 
-    The end padding / output_padding is chosen from static shapes so that the result has exactly
-    the input's spatial size; with dynamic spatial sizes the result is padded / cut at run time.
+    With static spatial sizes, stride-1 and grouped convolutions are transposed as a Conv with the
+    flipped, group-transposed kernel on the zero-interleaved ``s``: ONNX Runtime's depthwise and
+    NCHWc Conv kernels are several times faster than its ConvTranspose there. Otherwise a
+    ConvTranspose whose end padding / output_padding gives exactly the input's spatial size.
     """
+    kernel = list(weight.shape[2:])
     rank = len(kernel)
     begin = list(pads[:rank])
     x_shape, y_shape = ctx.graph.shape(x), ctx.graph.shape(y)
     static = x_shape is not None and y_shape is not None and all(d is not None for d in list(x_shape[2:]) + list(y_shape[2:]))
+    if static:
+        as_conv = _transpose_as_conv(ctx, s, weight, list(x_shape[2:]), list(y_shape[2:]), strides, dilations, begin, group)
+        if as_conv is not None:
+            return as_conv
+    weight_name = ctx.em.const(weight, "w")
     if static:
         ends, extra = [], []
         for i in range(rank):
@@ -62,13 +70,50 @@ def conv_transpose(ctx: Context, x: str, y: str, s: str, weight: str, kernel, st
         attrs = dict(strides=strides, dilations=dilations, group=group, pads=begin + ends)
         if fits and any(extra):
             attrs["output_padding"] = extra
-        out = ctx.em.op("ConvTranspose", [s, weight], "c", **attrs)
+        out = ctx.em.op("ConvTranspose", [s, weight_name], "c", **attrs)
         if any(extra) and not fits:
             pads_all = [0] * (2 + rank) + [0, 0] + extra
             out = ctx.em.op("Pad", [out, ctx.em.const(np.array(pads_all, np.int64))], "c")
         return out
-    out = ctx.em.op("ConvTranspose", [s, weight], "c", strides=strides, dilations=dilations, group=group, pads=begin + [0] * rank)
+    out = ctx.em.op("ConvTranspose", [s, weight_name], "c", strides=strides, dilations=dilations, group=group, pads=begin + [0] * rank)
     return fit_spatial(ctx, out, x, rank)
+
+
+def _transpose_as_conv(ctx: Context, s: str, weight: np.ndarray, in_size, out_size, strides, dilations, begin, group):
+    """``ConvTranspose`` rewritten as ``Conv`` (see :func:`conv_transpose`), or None where unfit."""
+    rank = len(in_size)
+    if group == 1 and any(st != 1 for st in strides):
+        return None  # a dense strided transpose is cheaper as ConvTranspose (no zero-interleaving)
+    kernel = list(weight.shape[2:])
+    pads_begin, pads_end = [], []
+    for i in range(rank):
+        reach = dilations[i] * (kernel[i] - 1)
+        pads_begin.append(reach - begin[i])
+        pads_end.append(in_size[i] - out_size[i] * strides[i] + begin[i])
+    if any(p < 0 for p in pads_begin):
+        return None
+    out_channels, in_per_group = weight.shape[0], weight.shape[1]
+    per_group = out_channels // group
+    flipped = weight[(slice(None), slice(None)) + (slice(None, None, -1),) * rank]
+    transposed = flipped.reshape(group, per_group, in_per_group, *kernel).swapaxes(1, 2).reshape(group * in_per_group, per_group, *kernel)
+    em = ctx.em
+    u = s
+    if any(st != 1 for st in strides):
+        channels = out_channels
+        split_shape = [0, channels]
+        for size in out_size:
+            split_shape += [size, 1]
+        u = em.op("Reshape", [u, em.const(np.array(split_shape, np.int64))], "u")
+        interleave = [0] * (2 + 2 * rank) * 2
+        for i, st in enumerate(strides):
+            interleave[(2 + 2 * rank) + 3 + 2 * i] = st - 1
+        u = em.op("Pad", [u, em.const(np.array(interleave, np.int64))], "u")
+        u = em.op("Reshape", [u, em.const(np.array([0, channels, *[o * st for o, st in zip(out_size, strides)]], np.int64))], "u")
+    if any(p < 0 for p in pads_end):
+        ends = [o * st + min(p, 0) for o, st, p in zip(out_size, strides, pads_end)]
+        u = em.op("Slice", [u, em.const([0] * rank), em.const(ends), em.const(list(range(2, 2 + rank)))], "u")
+        pads_end = [max(p, 0) for p in pads_end]
+    return em.op("Conv", [u, em.const(np.ascontiguousarray(transposed), "wt")], "c", dilations=dilations, group=group, pads=pads_begin + pads_end)
 
 
 def fit_spatial(ctx: Context, tensor: str, like: str, rank: int) -> str:
@@ -130,6 +175,13 @@ def _term_input(ctx: Context, node: Node, kind: str, cache: dict) -> str:
     return value
 
 
+def _never_negative(ctx: Context, node: Node, term) -> bool:
+    """Whether a term's modified output is >= 0 for every input (its stabiliser is then one Add)."""
+    nonnegative_input = term.input in ("pos", "ones") or (term.input == "x" and node.inputs[0] in ctx.nonnegative)
+    return (nonnegative_input and term.sign > 0 and term.weight in (positive, ones, square)
+            and term.bias in (positive, zero, ones, square))
+
+
 def emit_linear_rule(ctx: Context, node: Node, relevance: str, rule: LinearRule, layer) -> str:
     """Relevance at the input of a linear layer under ``rule`` (see :mod:`sglrp_onnx.rules`)."""
     em = ctx.em
@@ -152,7 +204,11 @@ def emit_linear_rule(ctx: Context, node: Node, relevance: str, rule: LinearRule,
     quotients = {}
     for group in groups:
         members = [ctx.scale(z, t.sign, "signed") for t, z in zip(terms, outputs) if t.group == group]
-        denominator = ctx.stabilize(ctx.add_all(members, "zsum"), rule.stabilizer)
+        total = ctx.add_all(members, "zsum")
+        if all(_never_negative(ctx, node, t) for t in terms if t.group == group):
+            denominator = em.op("Add", [total, em.const(np.float32(rule.stabilizer))], "stab")
+        else:
+            denominator = ctx.stabilize(total, rule.stabilizer)
         numerator = relevance
         mask = rule.masks[group] if group < len(rule.masks) else "all"
         if mask != "all":

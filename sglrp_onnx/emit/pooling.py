@@ -92,8 +92,8 @@ def backward_avgpool(ctx: Context, node: Node, relevance_out: list) -> list:
     inverse_count = em.op("Div", [averaged, counted], "inv_count")
     s = em.op("Div", [relevance_out[0], ctx.stabilize(ctx.fwd(y), _norm_stabilizer(ctx, node))], "s")
     s = em.op("Mul", [s, inverse_count], "s")
-    kernel_weight = em.const(np.ones([channels, 1, *kernel], np.float32), "k")
-    c = conv_transpose(ctx, x, y, s, kernel_weight, kernel, strides, dilations, pads, channels)
+    kernel_weight = np.ones([channels, 1, *kernel], np.float32)
+    c = conv_transpose(ctx, x, y, s, kernel_weight, strides, dilations, pads, channels)
     return [em.op("Mul", [ctx.fwd(x), c], "r")]
 
 

@@ -30,6 +30,10 @@ def nonnegative_tensors(graph: Graph) -> set[str]:
             if len(node.inputs) > 1 and node.inputs[1] and graph.is_const(node.inputs[1]):
                 low = float(graph.constants[node.inputs[1]])
             ok = low is not None and low >= 0
+        elif node.op_type == "Pad":
+            mode = node.attrs.get("mode", "constant")
+            value = graph.constants.get(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+            ok = node.inputs[0] in known and mode in ("constant", b"constant") and (value is None or float(value.reshape(-1)[0]) >= 0)
         elif node.op_type in KEEPS_SIGN:
             ok = bool(computed) and all(n in known for n in computed) and constants_ok
         else:

@@ -252,6 +252,18 @@ def convert(
         rules = load_rule_file(rules)
     model = load_model(model_or_path)
     if metadata.is_augmented(model):
+        # Converting again: bounds, preset and layout the model was made with still describe its input.
+        recorded = metadata.read(model)
+        if low is None and high is None and preset is None:
+            preset = recorded.get(metadata.PRESET) or None
+            if preset is not None:
+                from sglrp_onnx.presets import get_preset
+
+                low, high = get_preset(preset).low, get_preset(preset).high
+            else:
+                low = json.loads(recorded.get(metadata.KEY_PREFIX + "low", "null"))
+                high = json.loads(recorded.get(metadata.KEY_PREFIX + "high", "null"))
+        layout = layout or recorded.get(metadata.LAYOUT) or None
         model = strip_relevance(model)
     _precheck(model)
     original_opset = main_opset(model)

@@ -28,6 +28,7 @@ class Emitter:
         self.initializers: list[onnx.TensorProto] = []
         self._counter = itertools.count()
         self._constants: dict[tuple, str] = {}
+        self._by_identity: dict[int, tuple[Any, str]] = {}
 
     def fresh(self, hint: str) -> str:
         while True:
@@ -38,6 +39,9 @@ class Emitter:
 
     def const(self, value: Any, hint: str = "const", dtype: Any = None) -> str:
         """A constant initializer; float data becomes float32, integer data int64 (deduplicated)."""
+        known = self._by_identity.get(id(value))
+        if known is not None and known[0] is value and dtype is None:
+            return known[1]  # the same (large) weight array used twice: one initializer
         array = np.asarray(value)
         if dtype is not None:
             array = array.astype(dtype)
@@ -54,6 +58,8 @@ class Emitter:
         self.initializers.append(numpy_helper.from_array(array.copy(order="C"), name))
         if key is not None:
             self._constants[key] = name
+        elif isinstance(value, np.ndarray) and dtype is None:
+            self._by_identity[id(value)] = (value, name)  # keeps the array alive, so ids stay unique
         return name
 
     def op(self, op_type: str, inputs: Iterable[str], hint: str | None = None, outputs: int = 1, **attrs) -> Any:

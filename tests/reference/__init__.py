@@ -1,0 +1,1 @@
+"""Independent float64 reference for sglrp-onnx tests (see README.md)."""

@@ -14,6 +14,12 @@ class SglrpError(Exception):
     exit_code = 1
 
 
+class InternalError(SglrpError):
+    """Unexpected internal error (a bug: please report it with the traceback from --debug)."""
+
+    exit_code = 1
+
+
 class UsageError(SglrpError):
     """Wrong or contradictory options (e.g. ``--contrast`` with ``--method lrp``)."""
 
@@ -60,14 +66,15 @@ class OutputError(SglrpError):
     exit_code = 8
 
 
+#: The exception class of each exit code (1 is also what an unexpected exception gives).
+ERROR_CLASSES = (InternalError, UsageError, ModelLoadError, UnsafeModelError, UnsupportedModelError, RuleError, InputError, OutputError)
+
 EXIT_CODES = {
     0: "success",
-    1: "unexpected internal error (a bug: please report it with the traceback from --debug)",
-    2: UsageError.__doc__.splitlines()[0],
-    3: ModelLoadError.__doc__.splitlines()[0],
-    4: UnsafeModelError.__doc__.splitlines()[0],
-    5: UnsupportedModelError.__doc__.splitlines()[0],
-    6: RuleError.__doc__.splitlines()[0],
-    7: InputError.__doc__.splitlines()[0],
-    8: OutputError.__doc__.splitlines()[0],
+    **{cls.exit_code: cls.__doc__.splitlines()[0].replace("``", "'") for cls in ERROR_CLASSES},
+    130: "interrupted (Ctrl-C)",
+    141: "the reader of the standard output went away (broken pipe)",
 }
+"""Exit code -> one-line meaning, as printed by ``sglrp-onnx --help`` and listed in docs/errors.md."""
+
+__all__ = ["SglrpError", "EXIT_CODES", "ERROR_CLASSES"] + [cls.__name__ for cls in ERROR_CLASSES]

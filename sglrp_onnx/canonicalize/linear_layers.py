@@ -49,6 +49,17 @@ def resolve_conv_pads(graph: Graph, node: Node, spatial_rank: int, kernel, strid
     return begins + ends
 
 
+def _auto_pad(node: Node) -> str:
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    return auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+
+
+def _same_padding_on_dynamic_size(graph: Graph, node: Node) -> bool:
+    shape = graph.shape(node.inputs[0])
+    dynamic = shape is None or any(d is None for d in shape[2:])
+    return dynamic and _auto_pad(node) in ("SAME_UPPER", "SAME_LOWER")
+
+
 def _constant_weight(graph: Graph, node: Node, name: str, what: str) -> np.ndarray:
     if not name or not graph.is_const(name):
         raise UnsupportedModelError(
@@ -68,12 +79,12 @@ def _conv(graph: Graph, node: Node) -> Node:
     bias = np.zeros(weight.shape[0])
     if len(node.inputs) > 2 and node.inputs[2]:
         bias = _constant_weight(graph, node, node.inputs[2], "bias").reshape(-1)
-    attrs = {
-        "strides": strides,
-        "dilations": dilations,
-        "group": int(node.attrs.get("group", 1)),
-        "pads": resolve_conv_pads(graph, node, rank, kernel, strides, dilations),
-    }
+    attrs = {"strides": strides, "dilations": dilations, "group": int(node.attrs.get("group", 1))}
+    if _same_padding_on_dynamic_size(graph, node):
+        attrs["pads"] = None  # resolved at run time by the relevance part (emit.linear)
+        attrs["auto_pad"] = _auto_pad(node)
+    else:
+        attrs["pads"] = resolve_conv_pads(graph, node, rank, kernel, strides, dilations)
     return Node(node.name, "Conv", [node.inputs[0]], node.outputs[:1], attrs, {"weight": weight, "bias": bias}, "Conv")
 
 

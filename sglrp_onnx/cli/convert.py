@@ -1,4 +1,9 @@
-"""``sglrp-onnx convert``: write the augmented model (forward + relevance) of an ONNX classifier."""
+"""``sglrp-onnx convert``: write the augmented model (forward + relevance) of an ONNX classifier.
+
+The output is checked before the conversion starts (an existing file needs ``--force``, the folder
+must exist) and written atomically (:func:`sglrp_onnx.io.atomic_write_bytes`): a failed
+conversion leaves no file and no temporary file behind, and never touches an existing output.
+"""
 
 from __future__ import annotations
 
@@ -56,15 +61,17 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("model", metavar="IN.onnx", help="the ONNX classifier (an already converted model is converted again)")
     parser.add_argument("-o", "--output", metavar="OUT.onnx", required=True, help="where to write the converted model")
-    parser.add_argument("--force", action="store_true", help="overwrite OUT.onnx if it exists")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT.onnx if it exists (replaced atomically)")
     add_options(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from sglrp_onnx import convert, save
+    from sglrp_onnx.io import check_output_path
     from sglrp_onnx.metadata import read
 
+    check_output_path(args.output, force=args.force)  # fail before a long conversion, not after
     model = convert(args.model, **convert_kwargs(args))
     path = save(model, args.output, force=args.force)
     meta = read(model)

@@ -28,15 +28,20 @@ class ConvMap:
         self.dilations = attrs["dilations"]
         self.group = attrs["group"]
         self.pads = attrs["pads"]
+        # "same" padding on a dynamic spatial size: ONNX Runtime pads the forward; the transpose
+        # computes the begin padding from the runtime shape.
+        self.padding = {"pads": self.pads} if self.pads is not None else {"auto_pad": attrs["auto_pad"]}
 
     def forward(self, x: str, weight: np.ndarray, bias: np.ndarray) -> str:
         em = self.ctx.em
         inputs = [x, em.const(weight, "w")]
         if np.any(bias != 0):
             inputs.append(em.const(bias, "b"))
-        return em.op("Conv", inputs, "z", strides=self.strides, dilations=self.dilations, group=self.group, pads=self.pads)
+        return em.op("Conv", inputs, "z", strides=self.strides, dilations=self.dilations, group=self.group, **self.padding)
 
     def transpose(self, s: str, weight: np.ndarray) -> str:
+        if self.pads is None:
+            return same_padding_transpose(self.ctx, self.node, s, weight, self.strides, self.dilations, self.group)
         return conv_transpose(self.ctx, self.node.inputs[0], self.node.outputs[0], s, weight,
                               self.strides, self.dilations, self.pads, self.group)
 
@@ -114,6 +119,31 @@ def _transpose_as_conv(ctx: Context, s: str, weight: np.ndarray, in_size, out_si
         u = em.op("Slice", [u, em.const([0] * rank), em.const(ends), em.const(list(range(2, 2 + rank)))], "u")
         pads_end = [max(p, 0) for p in pads_end]
     return em.op("Conv", [u, em.const(np.ascontiguousarray(transposed), "wt")], "c", dilations=dilations, group=group, pads=pads_begin + pads_end)
+
+
+def same_padding_transpose(ctx: Context, node: Node, s: str, weight: np.ndarray, strides, dilations, group) -> str:
+    """Transpose of a Conv with ``auto_pad=SAME_*`` on a dynamic spatial size.
+
+    The full ConvTranspose (no padding) is cut from the runtime begin padding
+    ``total // 2`` (SAME_UPPER) or ``total - total // 2`` (SAME_LOWER), where
+    ``total = max(0, (ceil(in / s) - 1) * s + (k - 1) * d + 1 - in)``, then fitted to the input size.
+    """
+    em = ctx.em
+    kernel = list(weight.shape[2:])
+    rank = len(kernel)
+    x = node.inputs[0]
+    full = em.op("ConvTranspose", [s, em.const(weight, "w")], "c", strides=strides, dilations=dilations, group=group, pads=[0] * (2 * rank))
+    size = em.op("Slice", [ctx.shape_tensor(x), em.const([2]), em.const([2 + rank])], "in_size")
+    stride = em.const(np.array(strides, np.int64))
+    out = em.op("Div", [em.op("Add", [size, em.const(np.array(strides, np.int64) - 1)]), stride], "out_size")
+    reach = em.const(np.array([(k - 1) * d + 1 for k, d in zip(kernel, dilations)], np.int64))
+    total = em.op("Sub", [em.op("Add", [em.op("Mul", [em.op("Sub", [out, em.const(np.ones(rank, np.int64))]), stride]), reach]), size])
+    total = em.op("Max", [total, em.const(np.zeros(rank, np.int64))], "total_pad")
+    half = em.op("Div", [total, em.const(np.full(rank, 2, np.int64))], "half_pad")
+    begin = half if node.attrs["auto_pad"] == "SAME_UPPER" else em.op("Sub", [total, half], "begin_pad")
+    axes = em.const(np.arange(2, 2 + rank, dtype=np.int64))
+    cut = em.op("Slice", [full, begin, em.op("Add", [begin, size]), axes], "c")
+    return fit_spatial(ctx, cut, x, rank)
 
 
 def fit_spatial(ctx: Context, tensor: str, like: str, rank: int) -> str:

@@ -1,0 +1,60 @@
+"""Dynamic spatial sizes: one converted model serves several input sizes.
+
+The static-size path of the engine is checked against the float64 reference elsewhere
+(test_reference_rules.py); here the dynamic path (padding and transposes sized from runtime
+shapes) must give the same relevance as the static path for each concrete size.
+"""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import sglrp_onnx
+
+
+def _model(height, width, auto_pad, stride):
+    rng = np.random.default_rng(3)
+
+    def weight(name, *shape):
+        return numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", auto_pad=auto_pad, strides=[stride, stride]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", auto_pad=auto_pad, strides=[stride, stride], group=2),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("MaxPool", ["r2"], ["p"], name="pool", kernel_shape=[2, 2], auto_pad=auto_pad),
+        helper.make_node("GlobalAveragePool", ["p"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1),
+    ]
+    inits = [weight("w1", 4, 3, 3, 3), weight("b1", 4), weight("w2", 4, 2, 3, 3), weight("fw", 5, 4), weight("fb", 5)]
+    graph = helper.make_graph(
+        nodes, "same", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, height, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _relevance(model, x, **options):
+    converted = sglrp_onnx.convert(model, **options)
+    session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["relevance"], {"x": x, "target": np.arange(len(x)) % 5})[0]
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("composite", ["epsilon", "dtd"])
+def test_dynamic_same_padding_equals_static(auto_pad, stride, composite):
+    options = dict(composite=composite, method="lrp", low=-1.0, high=1.0)
+    dynamic = _model("H", "W", auto_pad, stride)
+    for size in [(11, 13), (12, 10), (7, 7)]:
+        x = np.random.default_rng(sum(size)).uniform(-1, 1, (2, 3, *size)).astype(np.float32)
+        expected = _relevance(_model(*size, auto_pad, stride), x, **options)
+        got = _relevance(dynamic, x, **options)
+        assert got.shape == x.shape
+        assert np.abs(expected).max() > 0
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())

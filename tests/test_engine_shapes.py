@@ -58,3 +58,48 @@ def test_dynamic_same_padding_equals_static(auto_pad, stride, composite):
         assert got.shape == x.shape
         assert np.abs(expected).max() > 0
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def _strided_model(kernel, stride, group, pads):
+    rng = np.random.default_rng(kernel * 10 + stride + group)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", strides=[stride, stride], group=group, pads=pads),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("AveragePool", ["r2"], ["p"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 0, 0]),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fw"], ["y"], name="fc", transB=1),
+    ]
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 13, 11])
+    graph = helper.make_graph(nodes, "strided", [x_info], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [
+        numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(size=(8, 8 // group, kernel, kernel)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(size=8).astype(np.float32), "b2"),
+    ])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    shapes = onnx.shape_inference.infer_shapes(model)
+    flat = next(v for v in shapes.graph.value_info if v.name == "f").type.tensor_type.shape.dim[1].dim_value
+    model.graph.initializer.append(numpy_helper.from_array(rng.normal(size=(4, flat)).astype(np.float32), "fw"))
+    return model
+
+
+@pytest.mark.parametrize("kernel,stride,group,pads", [
+    (1, 2, 1, [0, 0, 0, 0]), (1, 3, 2, [0, 0, 1, 1]), (3, 1, 1, [1, 1, 1, 1]), (3, 2, 2, [1, 0, 1, 2]),
+    (5, 1, 8 // 2, [2, 2, 0, 1]), (3, 2, 1, [0, 0, 0, 0]),
+])
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon-gamma-box"])
+def test_transposes_as_conv_equal_conv_transpose(monkeypatch, kernel, stride, group, pads, composite):
+    """The Conv forms of the transposes (grouped, stride 1, strided 1x1) give exactly what
+    ConvTranspose gives (ConvTranspose itself is checked against the float64 reference)."""
+    from sglrp_onnx.emit import linear
+
+    model = _strided_model(kernel, stride, group, pads)
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 3, 13, 11)).astype(np.float32)
+    options = dict(composite=composite, method="sglrp", low=-1.0, high=1.0)
+    fast = _relevance(model, x, **options)
+    monkeypatch.setattr(linear, "TRANSPOSE_AS_CONV", False)
+    plain = _relevance(model, x, **options)
+    assert np.abs(plain).max() > 0
+    np.testing.assert_allclose(fast, plain, rtol=0, atol=2e-5 * np.abs(plain).max())

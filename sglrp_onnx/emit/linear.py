@@ -18,6 +18,11 @@ from .builder import Context
 from .registry import register
 
 
+#: Emit transposes as Conv where that is faster (see :func:`conv_transpose`); the tests turn it off
+#: to compare both forms.
+TRANSPOSE_AS_CONV = True
+
+
 class ConvMap:
     """Forward and transpose of a canonical Conv with changeable weights."""
 
@@ -59,7 +64,7 @@ def conv_transpose(ctx: Context, x: str, y: str, s: str, weight: np.ndarray, str
     begin = list(pads[:rank])
     x_shape, y_shape = ctx.graph.shape(x), ctx.graph.shape(y)
     static = x_shape is not None and y_shape is not None and all(d is not None for d in list(x_shape[2:]) + list(y_shape[2:]))
-    if static:
+    if static and TRANSPOSE_AS_CONV:
         as_conv = _transpose_as_conv(ctx, s, weight, list(x_shape[2:]), list(y_shape[2:]), strides, dilations, begin, group)
         if as_conv is not None:
             return as_conv
@@ -87,9 +92,12 @@ def conv_transpose(ctx: Context, x: str, y: str, s: str, weight: np.ndarray, str
 def _transpose_as_conv(ctx: Context, s: str, weight: np.ndarray, in_size, out_size, strides, dilations, begin, group):
     """``ConvTranspose`` rewritten as ``Conv`` (see :func:`conv_transpose`), or None where unfit."""
     rank = len(in_size)
-    if group == 1 and any(st != 1 for st in strides):
-        return None  # a dense strided transpose is cheaper as ConvTranspose (no zero-interleaving)
     kernel = list(weight.shape[2:])
+    pointwise = all(k == 1 for k in kernel) and not any(begin)
+    if group == 1 and any(st != 1 for st in strides) and not pointwise:
+        return None  # a dense strided transpose is cheaper as ConvTranspose (no zero-interleaving)
+    if pointwise and any(st != 1 for st in strides):
+        return _pointwise_strided_transpose(ctx, s, weight, in_size, out_size, strides, group)
     pads_begin, pads_end = [], []
     for i in range(rank):
         reach = dilations[i] * (kernel[i] - 1)
@@ -97,28 +105,54 @@ def _transpose_as_conv(ctx: Context, s: str, weight: np.ndarray, in_size, out_si
         pads_end.append(in_size[i] - out_size[i] * strides[i] + begin[i])
     if any(p < 0 for p in pads_begin):
         return None
-    out_channels, in_per_group = weight.shape[0], weight.shape[1]
-    per_group = out_channels // group
-    flipped = weight[(slice(None), slice(None)) + (slice(None, None, -1),) * rank]
-    transposed = flipped.reshape(group, per_group, in_per_group, *kernel).swapaxes(1, 2).reshape(group * in_per_group, per_group, *kernel)
     em = ctx.em
+    transposed = _group_transposed(weight, group)
     u = s
     if any(st != 1 for st in strides):
-        channels = out_channels
-        split_shape = [0, channels]
-        for size in out_size:
-            split_shape += [size, 1]
-        u = em.op("Reshape", [u, em.const(np.array(split_shape, np.int64))], "u")
-        interleave = [0] * (2 + 2 * rank) * 2
-        for i, st in enumerate(strides):
-            interleave[(2 + 2 * rank) + 3 + 2 * i] = st - 1
-        u = em.op("Pad", [u, em.const(np.array(interleave, np.int64))], "u")
-        u = em.op("Reshape", [u, em.const(np.array([0, channels, *[o * st for o, st in zip(out_size, strides)]], np.int64))], "u")
+        u = _interleave(ctx, u, weight.shape[0], out_size, strides)
     if any(p < 0 for p in pads_end):
         ends = [o * st + min(p, 0) for o, st, p in zip(out_size, strides, pads_end)]
         u = em.op("Slice", [u, em.const([0] * rank), em.const(ends), em.const(list(range(2, 2 + rank)))], "u")
         pads_end = [max(p, 0) for p in pads_end]
-    return em.op("Conv", [u, em.const(np.ascontiguousarray(transposed), "wt")], "c", dilations=dilations, group=group, pads=pads_begin + pads_end)
+    return em.op("Conv", [u, em.const(transposed, "wt")], "c", dilations=dilations, group=group, pads=pads_begin + pads_end)
+
+
+def _group_transposed(weight: np.ndarray, group: int, flip: bool = True) -> np.ndarray:
+    """Kernel of the transposed convolution, for use in a plain Conv (groups kept apart)."""
+    rank = weight.ndim - 2
+    kernel = list(weight.shape[2:])
+    out_channels, in_per_group = weight.shape[0], weight.shape[1]
+    per_group = out_channels // group
+    if flip:
+        weight = weight[(slice(None), slice(None)) + (slice(None, None, -1),) * rank]
+    return np.ascontiguousarray(
+        weight.reshape(group, per_group, in_per_group, *kernel).swapaxes(1, 2).reshape(group * in_per_group, per_group, *kernel)
+    )
+
+
+def _interleave(ctx: Context, u: str, channels: int, size, strides) -> str:
+    """Put ``stride - 1`` zeros after every element along each spatial axis (batch kept dynamic)."""
+    em = ctx.em
+    rank = len(size)
+    split_shape = [0, channels]
+    for extent in size:
+        split_shape += [extent, 1]
+    u = em.op("Reshape", [u, em.const(np.array(split_shape, np.int64))], "u")
+    pads = [0] * (2 + 2 * rank) * 2
+    for i, st in enumerate(strides):
+        pads[(2 + 2 * rank) + 3 + 2 * i] = st - 1
+    u = em.op("Pad", [u, em.const(np.array(pads, np.int64))], "u")
+    return em.op("Reshape", [u, em.const(np.array([0, channels, *[e * st for e, st in zip(size, strides)]], np.int64))], "u")
+
+
+def _pointwise_strided_transpose(ctx: Context, s: str, weight: np.ndarray, in_size, out_size, strides, group) -> str:
+    """Transpose of a strided 1x1 convolution: the 1x1 transpose at the output resolution, then
+    zeros interleaved to the input resolution (no ConvTranspose, no wasted multiplications)."""
+    em = ctx.em
+    rank = len(in_size)
+    small = em.op("Conv", [s, em.const(_group_transposed(weight, group, flip=False), "wt")], "c", group=group)
+    spread = _interleave(ctx, small, weight.shape[1] * group, out_size, strides)
+    return em.op("Slice", [spread, em.const([0] * rank), em.const(list(in_size)), em.const(list(range(2, 2 + rank)))], "c")
 
 
 def same_padding_transpose(ctx: Context, node: Node, s: str, weight: np.ndarray, strides, dilations, group) -> str:

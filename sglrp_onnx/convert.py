@@ -24,7 +24,7 @@ from sglrp_onnx.composites import assign_rules
 from sglrp_onnx.emit.builder import PREFIX, Context, Emitter
 from sglrp_onnx.emit.methods import CONTRASTS, DEFAULT_CONTRAST, METHODS, combine_scaled, initial_relevance
 from sglrp_onnx.emit.relevance import emit_relevance, nonnegative_tensors
-from sglrp_onnx.errors import ModelLoadError, RuleError, SglrpError, UnsupportedModelError, UsageError
+from sglrp_onnx.errors import InternalError, RuleError, SglrpError, UnsupportedModelError, UsageError
 from sglrp_onnx.graph import Graph, from_onnx, infer_shapes, main_opset
 from sglrp_onnx.io import load_model, save_model
 from sglrp_onnx.rules import LinearRule
@@ -48,6 +48,9 @@ def _check_options(method: str, contrast: str | None, numbers: dict[str, float])
     for name, value in numbers.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
             raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
+        if name in ("epsilon", "stabilizer") and value == 0:
+            # a zero stabiliser divides 0 by 0 wherever a layer's output is 0 (an all-zero image)
+            raise UsageError(f"{name} must be > 0 (got 0): LRP divides by layer outputs, which can be exactly 0")
     return contrast if contrast is not None else DEFAULT_CONTRAST[method]
 
 
@@ -77,9 +80,20 @@ def load_rule_file(path: str | os.PathLike) -> dict[str, Any]:
 def strip_relevance(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop the relevance part of a model this engine converted, giving back the forward model."""
     meta = metadata.read(model)
-    prefix = meta.get(metadata.NODE_PREFIX, PREFIX)
-    original_outputs = json.loads(meta.get(metadata.ORIGINAL_OUTPUTS, "[]"))
+    prefix = meta.get(metadata.NODE_PREFIX, "")
+    try:
+        original_outputs = json.loads(meta.get(metadata.ORIGINAL_OUTPUTS, ""))
+    except ValueError:
+        original_outputs = None
     graph = model.graph
+    outputs = {o.name for o in graph.output}
+    if (not prefix.startswith(PREFIX.rstrip("/")) or not isinstance(original_outputs, list) or not original_outputs
+            or not all(isinstance(o, str) and o in outputs for o in original_outputs)):
+        raise UnsupportedModelError(
+            "the model carries sglrp_onnx.* metadata that does not describe a model this engine converted "
+            f"(node_prefix {prefix!r}, original_outputs {meta.get(metadata.ORIGINAL_OUTPUTS)!r}); remove that metadata "
+            "to convert it as a plain model"
+        )
     kept_nodes = [n for n in graph.node if not n.name.startswith(prefix)]
     del graph.node[:]
     graph.node.extend(kept_nodes)
@@ -101,19 +115,18 @@ def strip_relevance(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _precheck(model: onnx.ModelProto) -> None:
+    """Refusals that need no shape information (the ONNX checker already ran in load_model)."""
     opset = main_opset(model)
     if opset < OLDEST_OPSET:
         raise UnsupportedModelError(f"the model uses ONNX opset {opset}; the engine supports opset {OLDEST_OPSET} and newer")
-    quantised = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTISED_OPS})
+    quantised = [(i, n) for i, n in enumerate(model.graph.node) if n.op_type in QUANTISED_OPS]
     if quantised:
+        index, node = quantised[0]
+        kinds = sorted({n.op_type for _, n in quantised})
         raise UnsupportedModelError(
-            f"quantised models are not supported ({', '.join(quantised)} found); convert the float model instead"
+            f"quantised models are not supported: node '{node.name or f'{node.op_type}_{index}'}' (op {node.op_type}); "
+            f"{len(quantised)} quantised node(s) of types {', '.join(kinds)}; convert the float model instead"
         )
-    try:
-        checker.check_model(model)
-    except checker.ValidationError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "invalid model"
-        raise ModelLoadError(f"the model fails the ONNX checker: {first}") from None
 
 
 def _raise_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -217,6 +230,30 @@ def _describe_rule(rule) -> dict[str, Any]:
 
 def convert(
     model_or_path: Any,
+    *args: Any,
+    **kwargs: Any,
+) -> onnx.ModelProto:
+    """Turn an ONNX classifier into a model that also outputs a relevance map (SPEC section 2).
+
+    Parameters follow SPEC sections 3-4: ``method`` (lrp, clrp, sglrp), ``contrast`` (signed,
+    scaled; None = the method's default), ``positive`` (clamp at 0), ``composite``, zbox bounds
+    ``low``/``high`` (one number or one per channel of the image input), ``epsilon`` (the epsilon
+    rule's), ``stabilizer`` (every other rule's), ``gamma``, ``rules`` (per-node overrides: a
+    mapping, or the path of a JSON/YAML rule file), ``image_input`` (with several float inputs),
+    ``preset`` (preprocessing preset; sets the bounds unless given), ``layout`` (NCHW/NHWC; detected
+    when None). Raises a :class:`sglrp_onnx.errors.SglrpError` subclass on bad input; errors about
+    a model read from a file name that file.
+    """
+    try:
+        return _convert(model_or_path, *args, **kwargs)
+    except SglrpError as error:
+        if isinstance(model_or_path, (str, os.PathLike)) and str(model_or_path) not in str(error):
+            raise type(error)(f"{model_or_path}: {error}") from None
+        raise
+
+
+def _convert(
+    model_or_path: Any,
     method: str = "sglrp",
     contrast: str | None = None,
     composite: str = "dtd",
@@ -231,16 +268,6 @@ def convert(
     preset: str | None = None,
     layout: str | None = None,
 ) -> onnx.ModelProto:
-    """Turn an ONNX classifier into a model that also outputs a relevance map (SPEC section 2).
-
-    Parameters follow SPEC sections 3-4: ``method`` (lrp, clrp, sglrp), ``contrast`` (signed,
-    scaled; None = the method's default), ``positive`` (clamp at 0), ``composite``, zbox bounds
-    ``low``/``high`` (one number or one per channel of the image input), ``epsilon`` (the epsilon
-    rule's), ``stabilizer`` (every other rule's), ``gamma``, ``rules`` (per-node overrides: a
-    mapping, or the path of a JSON/YAML rule file), ``image_input`` (with several float inputs),
-    ``preset`` (preprocessing preset; sets the bounds unless given), ``layout`` (NCHW/NHWC; detected
-    when None). Raises a :class:`sglrp_onnx.errors.SglrpError` subclass on bad input.
-    """
     contrast = _check_options(method, contrast, {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma})
     if preset is not None:
         from sglrp_onnx.presets import get_preset
@@ -270,12 +297,14 @@ def convert(
     model, opset = _raise_opset(model)
     graph = from_onnx(infer_shapes(fold_model_constants(model)))
     canonicalize(graph, image_input)
-    if graph.dtypes.get(graph.image) != onnx.TensorProto.FLOAT:
-        kind = onnx.TensorProto.DataType.Name(graph.dtypes.get(graph.image, 0))
-        raise UnsupportedModelError(
-            f"the image input '{graph.image}' is {kind}; the engine explains float32 models only "
-            "(convert the model to float32 first, e.g. onnxconverter-common's float16 -> float32 tools)"
-        )
+    image_type = graph.dtypes.get(graph.image)
+    if image_type != onnx.TensorProto.FLOAT:
+        kind = onnx.TensorProto.DataType.Name(image_type or 0)
+        advice = {
+            onnx.TensorProto.DOUBLE: "ONNX Runtime's CPU build has no float64 Conv; cast the model's weights and input to float32",
+            onnx.TensorProto.FLOAT16: "LRP's divisions need float32 precision; export or convert the model in float32",
+        }.get(image_type, "the engine explains float32 images")
+        raise UnsupportedModelError(f"the image input '{graph.image}' is {kind}; only float32 models are supported ({advice})")
     layout_name, channel_axis = _layout(graph, layout)
     defaults = {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma}
     assigned = assign_rules(graph, composite, defaults, rules)
@@ -385,7 +414,7 @@ def _finish(model: onnx.ModelProto) -> None:
     try:
         checker.check_model(model, full_check=True)
     except Exception as error:
-        raise SglrpError(f"internal error: the converted model fails the ONNX checker ({error}); please report this") from None
+        raise InternalError(f"internal error: the converted model fails the ONNX checker ({error}); please report this") from None
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, force: bool = False) -> Path:

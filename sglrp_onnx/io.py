@@ -16,7 +16,8 @@ What :func:`load_model` checks, in this order, before the engine sees the model:
 4. external data: only files inside the model's own folder (after resolving symbolic links),
    regular files, with offset/length inside the file and exactly the bytes the tensor needs;
    anything else is refused before any external file is opened;
-5. the ONNX checker.
+5. the ONNX checker and strict shape inference (``full_check``), and the inferred shapes against
+   the same element limit.
 """
 
 from __future__ import annotations

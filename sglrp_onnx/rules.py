@@ -231,8 +231,8 @@ def make_rule(spec: Any, defaults: dict[str, Any], where: str = "") -> LinearRul
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
             raise RuleError(f"{where}rule '{name}': parameter {key} must be a finite number, got {value!r}")
-        if key in ("epsilon", "stabilizer") and value < 0:
-            raise RuleError(f"{where}rule '{name}': {key} must be >= 0, got {value}")
+        if key in ("epsilon", "stabilizer") and value <= 0:
+            raise RuleError(f"{where}rule '{name}': {key} must be > 0, got {value}")
     stab = float(values.get("stabilizer", 1e-6))
     if name == "epsilon":
         return epsilon_rule(float(values.get("epsilon", 1e-6)))

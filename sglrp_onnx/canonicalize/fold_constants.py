@@ -33,6 +33,41 @@ def _evaluate(node: onnx.NodeProto, values: dict[str, np.ndarray], opsets) -> li
     return [np.asarray(r) for r in ReferenceEvaluator(model).run(None, feeds)]
 
 
+#: Ops whose output can be far larger than their inputs: folded only when the size is known.
+GENERATORS = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad", "OneHot", "EyeLike"}
+
+
+def _inferred_sizes(model: onnx.ModelProto) -> dict[str, int | None]:
+    """Element counts that shape inference (with data propagation) gives, None where unknown."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # a model that fails inference folds only what is provably small
+        return {}
+    sizes: dict[str, int | None] = {}
+    for info in list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = info.type.tensor_type.shape.dim if info.type.HasField("tensor_type") else []
+        if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            sizes[info.name] = int(np.prod([d.dim_value for d in dims], dtype=np.float64))
+        else:
+            sizes[info.name] = None
+    return sizes
+
+
+def _small_enough(node: onnx.NodeProto, values: dict[str, np.ndarray], sizes: dict[str, int | None]) -> bool:
+    """Whether every output of ``node`` is known (or bounded) to stay under the folding limit."""
+    if node.op_type == "ConstantOfShape" and node.input and node.input[0] in values:
+        return float(np.prod(values[node.input[0]].astype(np.float64))) <= MAX_FOLDED_ELEMENTS
+    for output in node.output:
+        if not output:
+            continue
+        size = sizes.get(output)
+        if size is None and node.op_type in GENERATORS:
+            return False
+        if size is not None and size > MAX_FOLDED_ELEMENTS:
+            return False
+    return True
+
+
 def fold_model_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` in which nodes computed only from constants are initializers."""
     folded = onnx.ModelProto()
@@ -41,6 +76,7 @@ def fold_model_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     runtime_inputs = {i.name for i in graph.input} - set(values)
     kept, new_constants = [], {}
+    sizes = _inferred_sizes(folded)
     for node in graph.node:
         present = [name for name in node.input if name]
         foldable = (
@@ -50,6 +86,8 @@ def fold_model_constants(model: onnx.ModelProto) -> onnx.ModelProto:
             and not any(a.type == onnx.AttributeProto.GRAPH for a in node.attribute)
         )
         results = None
+        if foldable and not _small_enough(node, values, sizes):
+            foldable = False
         if foldable:
             try:
                 results = _evaluate(node, values, folded.opset_import)

@@ -74,12 +74,23 @@ def _conv(graph: Graph, node: Node) -> Node:
     if rank < 1:
         raise UnsupportedModelError(f"{node.describe(graph)}: weight of rank {weight.ndim} is not a convolution")
     kernel = list(weight.shape[2:])
+    group = int(node.attrs.get("group", 1))
+    declared = node.attrs.get("kernel_shape")
+    if declared is not None and list(declared) != kernel:
+        raise UnsupportedModelError(f"{node.describe(graph)}: kernel_shape {list(declared)} contradicts its weight of shape {list(weight.shape)}")
+    in_shape = graph.shape(node.inputs[0])
+    channels = in_shape[1] if in_shape is not None and len(in_shape) > 1 else None
+    if group < 1 or weight.shape[0] % group or (channels is not None and channels != weight.shape[1] * group):
+        raise UnsupportedModelError(
+            f"{node.describe(graph)}: group={group} does not fit its weight of shape {list(weight.shape)} "
+            f"and {channels if channels is not None else 'unknown'} input channels"
+        )
     strides = list(node.attrs.get("strides", [1] * rank))
     dilations = list(node.attrs.get("dilations", [1] * rank))
     bias = np.zeros(weight.shape[0])
     if len(node.inputs) > 2 and node.inputs[2]:
         bias = _constant_weight(graph, node, node.inputs[2], "bias").reshape(-1)
-    attrs = {"strides": strides, "dilations": dilations, "group": int(node.attrs.get("group", 1))}
+    attrs = {"strides": strides, "dilations": dilations, "group": group}
     if _same_padding_on_dynamic_size(graph, node):
         attrs["pads"] = None  # resolved at run time by the relevance part (emit.linear)
         attrs["auto_pad"] = _auto_pad(node)

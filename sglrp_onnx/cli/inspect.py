@@ -28,6 +28,7 @@ def describe(path: str, composite: str = "dtd", rules=None, image_input=None, ep
     from sglrp_onnx.composites import assign_rules, first_layers
     from sglrp_onnx.convert import _precheck, load_rule_file, strip_relevance
     from sglrp_onnx.graph import from_onnx, infer_shapes
+    from sglrp_onnx.emit.relevance import BACKWARD
     from sglrp_onnx.io import load_model
 
     model = load_model(path)
@@ -50,7 +51,7 @@ def describe(path: str, composite: str = "dtd", rules=None, image_input=None, ep
             "inputs": [f"{t}{graph.shape_str(t)}" for t in node.inputs if t and not graph.is_const(t)],
             "outputs": [f"{t}{graph.shape_str(t)}" for t in node.outputs if t],
             "first_layer": node.name in firsts,
-            "rule": rule.name if rule is not None else "structural",
+            "rule": rule.name if rule is not None else ("structural" if node.op_type in BACKWARD else "UNSUPPORTED"),
         })
     return {"image_input": graph.image, "image_shape": graph.shape_str(graph.image), "logits": graph.logits,
             "logits_shape": graph.shape_str(graph.logits), "converted_with": made, "nodes": nodes}

@@ -298,13 +298,13 @@ def _convert(
     graph = from_onnx(infer_shapes(fold_model_constants(model)))
     canonicalize(graph, image_input)
     image_type = graph.dtypes.get(graph.image)
-    if image_type != onnx.TensorProto.FLOAT:
+    if image_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
         kind = onnx.TensorProto.DataType.Name(image_type or 0)
         advice = {
             onnx.TensorProto.DOUBLE: "ONNX Runtime's CPU build has no float64 Conv; cast the model's weights and input to float32",
-            onnx.TensorProto.FLOAT16: "LRP's divisions need float32 precision; export or convert the model in float32",
-        }.get(image_type, "the engine explains float32 images")
-        raise UnsupportedModelError(f"the image input '{graph.image}' is {kind}; only float32 models are supported ({advice})")
+        }.get(image_type, "the engine explains float32 and float16 images")
+        raise UnsupportedModelError(f"the image input '{graph.image}' is {kind}; only float32 and float16 models are supported ({advice})")
+    widen = image_type == onnx.TensorProto.FLOAT16
     layout_name, channel_axis = _layout(graph, layout)
     defaults = {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma}
     assigned = assign_rules(graph, composite, defaults, rules)
@@ -326,11 +326,16 @@ def _convert(
     names["logits"] = "logits" if reuse_logits else _unique(taken, "logits")
     emitter = Emitter(taken)
     logits_2d = graph.logits
+    if widen:  # float16 model: the relevance part works in float32, the contract outputs are float32
+        logits_2d = emitter.op("Cast", [logits_2d], "logits32", to=onnx.TensorProto.FLOAT)
+        reuse_logits = False
+        if names["logits"] == "logits" and "logits" in graph.outputs:
+            names["logits"] = _unique(taken, "logits")
     if len(logits_shape) == 4:
-        logits_2d = emitter.op("Flatten", [graph.logits], "logits2d", axis=1)
+        logits_2d = emitter.op("Flatten", [logits_2d], "logits2d", axis=1)
     start = initial_relevance(emitter, logits_2d, names["target"], classes, method, contrast)
     passes = 2 if contrast == "scaled" else 1
-    context = Context(emitter, graph, assigned, bounds, passes, nonnegative_tensors(graph))
+    context = Context(emitter, graph, assigned, bounds, passes, nonnegative_tensors(graph), widen=widen)
     relevance = start.relevance
     if len(logits_shape) == 4:
         relevance = emitter.op("Reshape", [relevance, emitter.const([-1, classes, 1, 1])], "initial4d")
@@ -404,6 +409,7 @@ def _assemble(model: onnx.ModelProto, emitter: Emitter, graph: Graph, names: dic
     g.output.append(info(names["explained_class"], onnx.TensorProto.INT64, ["batch"]))
     relevance_info = copy.deepcopy(image_info)
     relevance_info.name = names["relevance"]
+    relevance_info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT  # float32 also for float16 models
     g.output.append(relevance_info)
 
 

@@ -76,8 +76,11 @@ class Context:
     dual half in one batch of 2N, and :meth:`fwd` tiles the forward tensors they meet.
     """
 
-    def __init__(self, emitter: Emitter, graph: Graph, rules: dict, bounds: dict, passes: int, nonnegative: set[str]):
+    def __init__(self, emitter: Emitter, graph: Graph, rules: dict, bounds: dict, passes: int, nonnegative: set[str],
+                 widen: bool = False):
         self.em = emitter
+        #: float16 models: forward tensors are cast to float32 where the relevance part reads them
+        self.widen = widen
         self.graph = graph
         self.rules = rules
         self.bounds = bounds
@@ -89,12 +92,17 @@ class Context:
     # ------------------------------------------------------------------ forward tensors
 
     def fwd(self, tensor: str) -> str:
-        """The forward tensor as the relevance batch sees it (tiled twice for 2 passes)."""
-        if self.passes == 1:
-            return tensor
-        if tensor not in self._tiled:
-            self._tiled[tensor] = self.em.op("Concat", [tensor] * self.passes, "tiled", axis=0)
-        return self._tiled[tensor]
+        """The forward tensor as the relevance part sees it: float32 (float16 models are cast at
+        the boundary) and tiled twice for 2 passes."""
+        if tensor in self._tiled:
+            return self._tiled[tensor]
+        value = tensor
+        if self.widen and self.graph.dtypes.get(tensor, onnx.TensorProto.FLOAT16) != onnx.TensorProto.FLOAT:
+            value = self.em.op("Cast", [value], "float32", to=onnx.TensorProto.FLOAT)
+        if self.passes > 1:
+            value = self.em.op("Concat", [value] * self.passes, "tiled", axis=0)
+        self._tiled[tensor] = value
+        return value
 
     def rank(self, tensor: str) -> int:
         shape = self.graph.shape(tensor)

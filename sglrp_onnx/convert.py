@@ -19,7 +19,7 @@ from onnx import checker, helper, version_converter
 
 from sglrp_onnx import metadata
 from sglrp_onnx.bounds import bounds_at_input, carry_bounds, parse_bound_values
-from sglrp_onnx.canonicalize import canonicalize, fold_model_constants
+from sglrp_onnx.canonicalize import canonicalize, fold_model_constants, fold_pad_into_conv
 from sglrp_onnx.composites import assign_rules
 from sglrp_onnx.emit.builder import PREFIX, Context, Emitter
 from sglrp_onnx.emit.methods import CONTRASTS, DEFAULT_CONTRAST, METHODS, combine_scaled, initial_relevance
@@ -197,6 +197,15 @@ def _zbox_bounds(graph: Graph, rules: dict, low: Any, high: Any, channel_axis: i
     return result
 
 
+def _reads_own_input(rule) -> bool:
+    """Whether a Conv's rule sees a zero-padded border the same as its own zero padding."""
+    if not isinstance(rule, LinearRule):
+        return rule is not None and rule.name == "norm"
+    if rule.name == "zbox":
+        return "low" not in rule.params  # carried bounds are 0 on a zero Pad's border
+    return all(term.input in ("x", "pos", "neg") for term in rule.terms)
+
+
 def _unique(taken: set[str], wanted: str) -> str:
     name = wanted
     index = 1
@@ -308,6 +317,7 @@ def _convert(
     layout_name, channel_axis = _layout(graph, layout)
     defaults = {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma}
     assigned = assign_rules(graph, composite, defaults, rules)
+    fold_pad_into_conv(graph, lambda conv: _reads_own_input(assigned.get(conv.name)))
     bounds = _zbox_bounds(graph, assigned, low, high, channel_axis)
 
     logits_shape = graph.shape(graph.logits)

@@ -87,7 +87,8 @@ def _strided_model(kernel, stride, group, pads):
 
 @pytest.mark.parametrize("kernel,stride,group,pads", [
     (1, 2, 1, [0, 0, 0, 0]), (1, 3, 2, [0, 0, 1, 1]), (3, 1, 1, [1, 1, 1, 1]), (3, 2, 2, [1, 0, 1, 2]),
-    (5, 1, 8 // 2, [2, 2, 0, 1]), (3, 2, 1, [0, 0, 0, 0]),
+    (5, 1, 8 // 2, [2, 2, 0, 1]), (3, 2, 1, [0, 0, 0, 0]), (7, 2, 1, [3, 3, 3, 3]), (3, 2, 8, [1, 1, 1, 1]),
+    (3, 2, 8, [0, 1, 1, 0]), (4, 3, 2, [1, 2, 0, 1]), (2, 2, 1, [0, 0, 1, 1]), (3, 2, 1, [2, 2, 2, 2]),
 ])
 @pytest.mark.parametrize("composite", ["epsilon", "epsilon-gamma-box"])
 def test_transposes_as_conv_equal_conv_transpose(monkeypatch, kernel, stride, group, pads, composite):
@@ -103,3 +104,53 @@ def test_transposes_as_conv_equal_conv_transpose(monkeypatch, kernel, stride, gr
     plain = _relevance(model, x, **options)
     assert np.abs(plain).max() > 0
     np.testing.assert_allclose(fast, plain, rtol=0, atol=2e-5 * np.abs(plain).max())
+
+
+def _padded_model():
+    """TF-style "same" padding: an explicit zero Pad in front of each Conv (as tf2onnx and
+    EfficientNet's PyTorch port export it)."""
+    rng = np.random.default_rng(11)
+    nodes = [
+        helper.make_node("Pad", ["x", "p1"], ["x_padded"], name="pad1"),
+        helper.make_node("Conv", ["x_padded", "w1", "b1"], ["c1"], name="conv1", strides=[2, 2]),
+        helper.make_node("Clip", ["c1", "zero", "six"], ["r1"], name="relu6"),
+        helper.make_node("Pad", ["r1", "p2"], ["r1_padded"], name="pad2"),
+        helper.make_node("Conv", ["r1_padded", "w2"], ["c2"], name="conv2", group=4, strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["c2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fw"], ["y"], name="fc", transB=1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0, 0, 0, 1, 0, 0, 1, 2], np.int64), "p1"),
+        numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "p2"),
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b1"),
+        numpy_helper.from_array(np.float32(0), "zero"), numpy_helper.from_array(np.float32(6), "six"),
+        numpy_helper.from_array(rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "fw"),
+    ]
+    graph = helper.make_graph(nodes, "padded", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 15, 14])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "dtd", "epsilon-gamma-box", "epsilon-plus-flat", "epsilon-alpha2-beta1"])
+def test_pad_folded_into_conv_changes_nothing(monkeypatch, composite):
+    """Folding a zero Pad into the next Conv is an exact rewrite (and skipped where it is not)."""
+    import sys
+
+    convert_module = sys.modules["sglrp_onnx.convert"]
+    model = _padded_model()
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 15, 14)).astype(np.float32)
+    options = dict(composite=composite, method="sglrp", low=-1.0, high=1.0)
+    folded_model = sglrp_onnx.convert(model, **options)
+    folded = _relevance(model, x, **options)
+    monkeypatch.setattr(convert_module, "fold_pad_into_conv", lambda graph, keeps_meaning: graph)
+    explicit_model = sglrp_onnx.convert(model, **options)
+    explicit = _relevance(model, x, **options)
+    assert np.abs(explicit).max() > 0
+    np.testing.assert_allclose(folded, explicit, rtol=0, atol=1e-5 * np.abs(explicit).max())
+    pads = lambda m: sum(n.op_type == "Pad" and n.name.startswith("sglrp/") for n in m.graph.node)  # noqa: E731
+    assert pads(folded_model) < pads(explicit_model) or composite == "epsilon-plus-flat"

@@ -18,10 +18,11 @@ from sglrp_onnx.graph import Graph
 from .find_io import ancestors, find_image_input, find_logits, float_path
 from .fold_constants import fold_model_constants
 from .fold_into_linear import fold_into_linear
+from .fold_pad import fold_pad_into_conv
 from .linear_layers import canonicalize_linear_layers, resolve_conv_pads
 from .remove_noops import remove_noops
 
-__all__ = ["canonicalize", "fold_model_constants", "resolve_conv_pads", "float_path", "ancestors"]
+__all__ = ["canonicalize", "fold_model_constants", "fold_pad_into_conv", "resolve_conv_pads", "float_path", "ancestors"]
 
 
 def canonicalize(graph: Graph, image_input: str | None = None) -> Graph:
@@ -38,3 +39,6 @@ def canonicalize(graph: Graph, image_input: str | None = None) -> Graph:
         if any(name in on_path for name in node.inputs) and any(out in needed for out in node.outputs)
     ]
     return graph
+
+# fold_pad_into_conv runs after the rules are assigned (convert.py): it is exact only for rules
+# whose terms read the layer input itself, see its docstring.

@@ -94,10 +94,10 @@ def _transpose_as_conv(ctx: Context, s: str, weight: np.ndarray, in_size, out_si
     rank = len(in_size)
     kernel = list(weight.shape[2:])
     pointwise = all(k == 1 for k in kernel) and not any(begin)
-    if group == 1 and any(st != 1 for st in strides) and not pointwise:
-        return None  # a dense strided transpose is cheaper as ConvTranspose (no zero-interleaving)
     if pointwise and any(st != 1 for st in strides):
         return _pointwise_strided_transpose(ctx, s, weight, in_size, out_size, strides, group)
+    if any(st != 1 for st in strides):
+        return _polyphase_transpose(ctx, s, weight, in_size, out_size, strides, dilations, begin, group)
     pads_begin, pads_end = [], []
     for i in range(rank):
         reach = dilations[i] * (kernel[i] - 1)
@@ -143,6 +143,56 @@ def _interleave(ctx: Context, u: str, channels: int, size, strides) -> str:
         pads[(2 + 2 * rank) + 3 + 2 * i] = st - 1
     u = em.op("Pad", [u, em.const(np.array(pads, np.int64))], "u")
     return em.op("Reshape", [u, em.const(np.array([0, channels, *[e * st for e, st in zip(size, strides)]], np.int64))], "u")
+
+
+def _polyphase_transpose(ctx: Context, s: str, weight: np.ndarray, in_size, out_size, strides, dilations, begin, group):
+    """Transpose of a strided 2-D convolution as one Conv at the output resolution + DepthToSpace.
+
+    Output position ``i = S*m + q`` of the transpose only meets the kernel taps ``t = t0 + S*u``
+    with ``t0 = (q + pad) mod S``: ``c[S*m + q] = sum_u s[m + delta - u] * W[t0 + S*u]`` with
+    ``delta = (q + pad - t0) / S``. Each of the S*S phases is thus a small convolution of ``s``; one
+    Conv with S*S output channels per input channel computes them all (kernels zero-padded to a
+    common window), and DepthToSpace (CRD) interleaves the phases. Returns None where unfit
+    (not 2-D, unequal strides, dilations, or padding beyond the kernel).
+    """
+    rank = len(in_size)
+    if rank != 2 or len(set(strides)) != 1 or any(d != 1 for d in dilations):
+        return None
+    stride = strides[0]
+    kernel = list(weight.shape[2:])
+    taps = _group_transposed(weight, group, flip=False)  # [C_in, C_out / group, *kernel]
+    windows = []
+    for axis in range(rank):
+        phases = []
+        for q in range(stride):
+            t0 = (q + begin[axis]) % stride
+            count = max(0, -(-(kernel[axis] - t0) // stride))
+            phases.append((t0, count, (q + begin[axis] - t0) // stride))
+        used = [p for p in phases if p[1] > 0]
+        low = min(d - n + 1 for _, n, d in used)
+        high = max(d for _, _, d in used)
+        if low > 0:
+            return None
+        windows.append((phases, low, high))
+    sizes = [high - low + 1 for _, low, high in windows]
+    in_channels, per_group = taps.shape[0], taps.shape[1]
+    phase_count = stride * stride
+    combined = np.zeros((in_channels, phase_count, per_group, *sizes), dtype=taps.dtype)
+    for qh in range(stride):
+        (t0h, nh, dh), low_h = windows[0][0][qh], windows[0][1]
+        for qw in range(stride):
+            (t0w, nw, dw), low_w = windows[1][0][qw], windows[1][1]
+            for u in range(nh):
+                for v in range(nw):
+                    combined[:, qh * stride + qw, :, dh - u - low_h, dw - v - low_w] = taps[:, :, t0h + stride * u, t0w + stride * v]
+    combined = combined.reshape(in_channels * phase_count, per_group, *sizes)
+    em = ctx.em
+    needed = [-(-size // stride) for size in in_size]
+    pads_begin = [-low for _, low, _ in windows]
+    pads_end = [max(0, n + high - o) for n, (_, _, high), o in zip(needed, windows, out_size)]
+    phased = em.op("Conv", [s, em.const(combined, "wt")], "c", group=group, pads=pads_begin + pads_end)
+    spread = em.op("DepthToSpace", [phased], "c", blocksize=stride, mode="CRD")
+    return em.op("Slice", [spread, em.const([0, 0]), em.const(list(in_size)), em.const([2, 3])], "c")
 
 
 def _pointwise_strided_transpose(ctx: Context, s: str, weight: np.ndarray, in_size, out_size, strides, group) -> str:

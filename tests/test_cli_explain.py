@@ -81,7 +81,7 @@ def test_help_is_complete():
 def test_explain_folder_then_resume(setup):
     out = setup["base"] / "out1"
     args = ["explain", setup["converted"], setup["photos"], "--out", out, "--batch-size", "2",
-            "--labels", setup["labels"], "--top-k", "3"]
+            "--labels", setup["labels"]]
     first = sglrp(*args, env_extra=setup["cache"])
     assert first.returncode == 0, first.stderr
     assert "explained 5 image(s), skipped 0" in first.stdout
@@ -92,7 +92,7 @@ def test_explain_folder_then_resume(setup):
     for record in records:
         assert Path(record["image"]).is_file()
         assert record["method"] == "sglrp" and record["provider"] == "CPUExecutionProvider"
-        assert len(record["predictions"]) == 3
+        assert len(record["predictions"]) == 5  # max(K, 5) predictions, K = 5 classes here
         probabilities = [p["probability"] for p in record["predictions"]]
         assert probabilities == sorted(probabilities, reverse=True)
         assert record["predictions"][0]["label"] in LABELS
@@ -127,6 +127,23 @@ def test_explain_folder_then_resume(setup):
     assert forced.returncode == 0, forced.stderr
     assert "explained 5 image(s), skipped 0" in forced.stdout
     assert len(read_jsonl(out / "results.jsonl")) == 6  # 5 redone + the removed image's old line
+
+
+def test_top_k_explains_the_most_probable_classes(setup):
+    out = setup["base"] / "out_topk"
+    done = sglrp("explain", setup["converted"], setup["photos"], "--out", out, "--top-k", "3", "--quiet",
+                 "--labels", setup["labels"], env_extra=setup["cache"])
+    assert done.returncode == 0, done.stderr
+    records = read_jsonl(out / "results.jsonl")
+    assert len(records) == 5
+    for record in records:
+        ranked = [p["class"] for p in record["predictions"]]
+        explained = [e["explained_class"] for e in record["explanations"]]
+        assert explained == ranked[:3]
+        for explanation in record["explanations"]:
+            check_png(out / explanation["files"]["heatmap"])
+    clash = sglrp("explain", setup["converted"], setup["photos"], "--out", out, "--top-k", "2", "--target", "0")
+    assert clash.returncode == 2 and "--top-k" in clash.stderr
 
 
 def test_interrupted_results_line_is_redone(setup):

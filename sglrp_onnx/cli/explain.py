@@ -55,7 +55,7 @@ targets:
   Without --target each image's predicted class is explained. A target is a class index
   (0-based), a class name (case-insensitive, e.g. "Egyptian cat"; names come from --labels, or
   the bundled ImageNet names for 1000-class models), or 'predicted'. Several targets give one
-  heatmap per target and image.
+  heatmap per target and image. --top-k K explains each image's K most probable classes instead.
 
 files (in OUT; NAME is the image's file name without extension):
   NAME.METHOD.cCLASS.heatmap.png    relevance summed over channels, symmetric colour scale
@@ -87,7 +87,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="extend",
         help="class(es) to explain: index, name or 'predicted' (default: the predicted class)",
     )
-    what.add_argument("--top-k", type=int, default=5, metavar="K", help="predictions listed per image in results.jsonl (default 5)")
+    what.add_argument("--top-k", type=int, default=None, metavar="K",
+                      help="explain each image's K most probable classes (instead of --target); "
+                      "results.jsonl lists max(K, 5) predictions per image")
     what.add_argument("--labels", metavar="FILE", help="class names: text (one per line) or JSON; default: ImageNet for 1000 classes")
     method = parser.add_argument_group(
         "method (these convert the model; for a converted model they convert it again)"
@@ -309,8 +311,11 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.top_k < 1:
+    if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.top_k is not None and args.target:
+        raise UsageError("give either --target or --top-k, not both")
+    listed = max(args.top_k or 0, 5)
     if args.method == "lrp" and args.contrast:
         raise UsageError("--contrast applies to clrp and sglrp, not to --method lrp")
     if args.preset:
@@ -367,6 +372,7 @@ def run(args) -> int:
         "fit": args.fit,
         "preset": preset.name,
         "top_k": args.top_k,
+        "listed": listed,
         "labels": os.path.abspath(args.labels) if args.labels else None,
     }
     settings_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -408,10 +414,16 @@ def run(args) -> int:
                 pixels = np.stack(photos)
                 x = preset.normalize(pixels, layout).astype(explainer.input_dtype, copy=False)
                 runs = {}
-                for target in targets:
-                    runs[target] = {m: e.explain(x, [target] * len(ok)) for m, e in explainers.items()}
-                first = runs[targets[0]][main_method]
-                top = first.top_k(args.top_k)
+                if args.top_k:  # the K most probable classes of each image, rank by rank
+                    runs[0] = {m: e.explain(x, [-1] * len(ok)) for m, e in explainers.items()}
+                    ranked = np.argsort(-runs[0][main_method].logits, axis=1, kind="stable")
+                    for rank in range(1, min(args.top_k, ranked.shape[1])):
+                        runs[rank] = {m: e.explain(x, ranked[:, rank].tolist()) for m, e in explainers.items()}
+                else:
+                    for target in targets:
+                        runs[target] = {m: e.explain(x, [target] * len(ok)) for m, e in explainers.items()}
+                first = next(iter(runs.values()))[main_method]
+                top = first.top_k(listed)
                 for i, image in enumerate(ok):
                     record = _record_image(
                         image, keys[image], names[keys[image]], i, pixels[i], runs, main_method, top[i],

@@ -35,9 +35,10 @@ def parse_bound_values(value: Any, name: str) -> np.ndarray:
     return array
 
 
-def bounds_at_input(graph: Graph, low: Any, high: Any, channel_axis: int) -> Bounds:
-    """Broadcastable ``(low, high)`` arrays shaped like the image input with batch 1."""
-    shape = graph.shape(graph.image)
+def bounds_for_tensor(graph: Graph, tensor: str, low: Any, high: Any, channel_axis: int) -> Bounds:
+    """Broadcastable ``(low, high)`` arrays for ``tensor`` (batch 1): one number, or one per channel
+    on ``channel_axis``."""
+    shape = graph.shape(tensor)
     rank = len(shape) if shape is not None else 4
     arrays = []
     for value, name in ((low, "low"), (high, "high")):
@@ -47,15 +48,20 @@ def bounds_at_input(graph: Graph, low: Any, high: Any, channel_axis: int) -> Bou
             channels = shape[channel_axis] if shape is not None else None
             if channels is not None and channels != values.size:
                 raise RuleError(
-                    f"{name} has {values.size} values but the image input '{graph.image}' has {channels} channels "
+                    f"{name} has {values.size} values but tensor '{tensor}' has {channels} channels "
                     f"on axis {channel_axis % rank}"
                 )
             target[channel_axis] = values.size
         arrays.append(values.reshape(target))
     low_array, high_array = arrays
     if np.any(low_array > high_array):
-        raise RuleError(f"zbox bounds: low {low} is above high {high}")
+        raise RuleError(f"zbox bounds for '{tensor}': low {low} is above high {high}")
     return low_array, high_array
+
+
+def bounds_at_input(graph: Graph, low: Any, high: Any, channel_axis: int) -> Bounds:
+    """The user's bounds on the image input (the start of :func:`carry_bounds`)."""
+    return bounds_for_tensor(graph, graph.image, low, high, channel_axis)
 
 
 def _full(graph: Graph, node: Node, bounds: Bounds, tensor: str) -> Bounds:

@@ -18,7 +18,7 @@ import onnx
 from onnx import checker, helper, version_converter
 
 from sglrp_onnx import metadata
-from sglrp_onnx.bounds import bounds_at_input, carry_bounds, parse_bound_values
+from sglrp_onnx.bounds import bounds_at_input, bounds_for_tensor, carry_bounds
 from sglrp_onnx.canonicalize import canonicalize, fold_model_constants, fold_pad_into_conv
 from sglrp_onnx.composites import assign_rules
 from sglrp_onnx.emit.builder import PREFIX, Context, Emitter
@@ -162,17 +162,10 @@ def _layout(graph: Graph, requested: str | None) -> tuple[str, int]:
 
 
 def _own_bounds(graph: Graph, node, rule: LinearRule):
+    """Bounds given in a zbox override, per channel on the layer input's channel axis."""
     shape = graph.shape(node.inputs[0])
-    rank = len(shape) if shape is not None else 4
-    axis = 1 if node.op_type == "Conv" else rank - 1
-    arrays = []
-    for key in ("low", "high"):
-        values = parse_bound_values(rule.params[key], key)
-        target = [1] * rank
-        if values.size > 1:
-            target[axis] = values.size
-        arrays.append(values.reshape(target))
-    return tuple(arrays)
+    axis = 1 if node.op_type == "Conv" else (len(shape) if shape is not None else 2) - 1
+    return bounds_for_tensor(graph, node.inputs[0], rule.params["low"], rule.params["high"], axis)
 
 
 def _zbox_bounds(graph: Graph, rules: dict, low: Any, high: Any, channel_axis: int) -> dict:

@@ -24,6 +24,7 @@ RELEVANCE_OUTPUT = KEY_PREFIX + "relevance_output"
 ORIGINAL_OUTPUTS = KEY_PREFIX + "original_outputs"
 PRESET = KEY_PREFIX + "preset"
 LAYOUT = KEY_PREFIX + "layout"
+METHOD = KEY_PREFIX + "method"
 
 
 def read(model: onnx.ModelProto) -> dict[str, str]:

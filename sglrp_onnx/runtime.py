@@ -28,15 +28,17 @@ from sglrp_onnx.errors import InputError, ModelLoadError, UsageError
 from sglrp_onnx.labels import label_of, labels_for, resolve_target
 from sglrp_onnx.presets import Preset, get_preset
 
-META_PREFIX = "sglrp_onnx."
-KEY_RELEVANCE = META_PREFIX + "relevance_output"
-KEY_IMAGE = META_PREFIX + "image_input"
-KEY_TARGET = META_PREFIX + "target_input"
-KEY_LOGITS = META_PREFIX + "logits_output"
-KEY_EXPLAINED = META_PREFIX + "explained_class_output"
-KEY_PRESET = META_PREFIX + "preset"
-KEY_LAYOUT = META_PREFIX + "layout"
-KEY_METHOD = META_PREFIX + "method"
+from sglrp_onnx import metadata as _metadata
+
+# The contract's metadata keys (defined once, in sglrp_onnx.metadata).
+KEY_RELEVANCE = _metadata.RELEVANCE_OUTPUT
+KEY_IMAGE = _metadata.IMAGE_INPUT
+KEY_TARGET = _metadata.TARGET_INPUT
+KEY_LOGITS = _metadata.LOGITS_OUTPUT
+KEY_EXPLAINED = _metadata.EXPLAINED_CLASS_OUTPUT
+KEY_PRESET = _metadata.PRESET
+KEY_LAYOUT = _metadata.LAYOUT
+KEY_METHOD = _metadata.METHOD
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -62,13 +64,13 @@ def default_cache_dir() -> Path:
 
 
 def metadata_of(model) -> dict[str, str]:
-    """The ``metadata_props`` of an ``onnx.ModelProto`` as a dict."""
-    return {prop.key: prop.value for prop in model.metadata_props}
+    """The ``sglrp_onnx.*`` metadata of an ``onnx.ModelProto`` as a dict."""
+    return _metadata.read(model)
 
 
 def is_augmented(model) -> bool:
     """Whether ``model`` (an ``onnx.ModelProto``) was made by :func:`sglrp_onnx.convert`."""
-    return KEY_RELEVANCE in metadata_of(model)
+    return KEY_RELEVANCE in _metadata.read(model)
 
 
 def _load_onnx(model):

@@ -34,9 +34,6 @@ COMPOSITES: dict[str, tuple[str, str, str, str]] = {
 #: their own structural rule, see :mod:`sglrp_onnx.emit`).
 NORM_OPS = ("AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Sum")
 
-#: Ops that are part of the first-layer search: they do not end it (SPEC section 4).
-LINEAR_OP_TYPES = LINEAR_OPS
-
 
 def first_layers(graph: Graph) -> set[str]:
     """Names of the linear nodes reached from the image without passing another linear node."""

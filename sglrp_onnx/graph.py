@@ -9,7 +9,6 @@ values (the BatchNormalization's output).
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,9 +98,6 @@ class Graph:
             node.inputs = [new if t == old else t for t in node.inputs]
         if self.logits == old:
             self.logits = new
-
-    def find(self, pattern: str) -> list[Node]:
-        return [n for n in self.nodes if fnmatch.fnmatchcase(n.name, pattern)]
 
 
 def node_display_names(model: onnx.ModelProto) -> list[str]:

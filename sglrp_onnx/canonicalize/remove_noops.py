@@ -10,8 +10,8 @@ from sglrp_onnx.graph import FLOAT_TYPES, Graph
 
 
 def _is_noop(graph: Graph, node) -> bool:
-    if node.op_type in ("Identity", "Dropout"):
-        return len([o for o in node.outputs[1:] if o]) == 0 or node.op_type == "Dropout"
+    if node.op_type in ("Identity", "Dropout"):  # Dropout's optional mask is boolean: off the float path
+        return True
     if node.op_type == "Cast":
         source = graph.dtypes.get(node.inputs[0])
         return source in FLOAT_TYPES and node.attrs.get("to") == source

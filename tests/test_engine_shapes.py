@@ -154,3 +154,34 @@ def test_pad_folded_into_conv_changes_nothing(monkeypatch, composite):
     np.testing.assert_allclose(folded, explicit, rtol=0, atol=1e-5 * np.abs(explicit).max())
     pads = lambda m: sum(n.op_type == "Pad" and n.name.startswith("sglrp/") for n in m.graph.node)  # noqa: E731
     assert pads(folded_model) < pads(explicit_model) or composite == "epsilon-plus-flat"
+
+
+def test_inspect_lists_only_explained_nodes(tmp_path):
+    """Shape computations read the image but carry no relevance: inspect must not list them."""
+    from sglrp_onnx.cli.inspect import describe
+
+    model = _model(9, 9, "SAME_UPPER", 1)
+    shape = helper.make_node("Shape", ["x"], ["x_shape"], name="shape_of_image")
+    first = helper.make_node("Gather", ["x_shape", "zero_index"], ["batch"], name="batch_size", axis=0)
+    unsq = helper.make_node("Unsqueeze", ["batch", "axes0"], ["batch1"], name="batch_1d")
+    cat = helper.make_node("Concat", ["batch1", "minus_one"], ["flat_shape"], name="flat_shape", axis=0)
+    model.graph.node.insert(0, shape)
+    model.graph.node.insert(1, first)
+    model.graph.node.insert(2, unsq)
+    model.graph.node.insert(3, cat)
+    for node in model.graph.node:
+        if node.name == "flatten":
+            node.op_type, node.input[:] = "Reshape", ["g", "flat_shape"]
+            del node.attribute[:]
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.array(0, np.int64), "zero_index"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+        numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+    ])
+    path = tmp_path / "shape_subgraph.onnx"
+    onnx.save(model, path)
+    info = describe(str(path), composite="epsilon")
+    names = [node["name"] for node in info["nodes"]]
+    assert "shape_of_image" not in names and "batch_size" not in names
+    assert {"conv1", "conv2", "fc", "flatten"} <= set(names)
+    assert all(node["rule"] != "UNSUPPORTED" for node in info["nodes"])

@@ -36,7 +36,7 @@ def canonicalize(graph: Graph, image_input: str | None = None) -> Graph:
     needed = ancestors(graph, graph.logits)
     graph.nodes = [
         node for node in graph.nodes
-        if any(name in on_path for name in node.inputs) and any(out in needed for out in node.outputs)
+        if any(name in on_path for name in node.inputs) and any(out in needed and out in on_path for out in node.outputs)
     ]
     return graph
 

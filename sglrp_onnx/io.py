@@ -492,7 +492,56 @@ def _sync_folder(folder: Path) -> None:
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, force: bool = False) -> Path:
-    """Serialise ``model`` and write it atomically to ``path`` (see :func:`atomic_write_bytes`)."""
-    if model.ByteSize() > MAX_PROTOBUF_BYTES:
-        raise OutputError(f"{path}: the model is larger than 2 GiB, which one ONNX protobuf file cannot hold")
-    return atomic_write_bytes(path, model.SerializeToString(), force=force)
+    """Serialise ``model`` and write it atomically to ``path`` (see :func:`atomic_write_bytes`).
+
+    A model over the 2 GiB a protobuf file can hold is written as ONNX external data: the large
+    tensors go to ``<path>.data`` beside it (written first, also atomically), the graph to
+    ``path``. If writing the graph fails, a data file this call created is removed again.
+    """
+    if model.ByteSize() <= EXTERNAL_DATA_ABOVE_BYTES:
+        return atomic_write_bytes(path, model.SerializeToString(), force=force)
+    target = check_output_path(path, force)
+    data_path = target.with_name(target.name + ".data")
+    check_output_path(data_path, force)
+    graph_only, data = _split_external_data(model, data_path.name)
+    existed = data_path.exists()
+    atomic_write_bytes(data_path, data, force=force)
+    try:
+        return atomic_write_bytes(target, graph_only.SerializeToString(), force=force)
+    except BaseException:
+        if not existed:
+            data_path.unlink(missing_ok=True)
+        raise
+
+
+#: Models larger than this are saved with external data (the protobuf limit; tests lower it).
+EXTERNAL_DATA_ABOVE_BYTES = MAX_PROTOBUF_BYTES
+#: Tensors at least this large go to the external data file of such a model.
+EXTERNAL_DATA_THRESHOLD = 1024
+
+
+def _split_external_data(model: onnx.ModelProto, location: str) -> tuple[onnx.ModelProto, bytes]:
+    """A copy of ``model`` whose large initializers point into one data blob, and that blob."""
+    graph_only = onnx.ModelProto()
+    graph_only.CopyFrom(model)
+    chunks, offset = [], 0
+    for tensor in graph_only.graph.initializer:
+        if not tensor.HasField("raw_data"):
+            continue  # typed fields: small tensors as exporters write them; they stay inline
+        raw = tensor.raw_data
+        if len(raw) < EXTERNAL_DATA_THRESHOLD:
+            continue
+        padding = (-offset) % 4096  # page-aligned offsets, as onnx's own writer uses
+        chunks.append(b"\0" * padding)
+        offset += padding
+        chunks.append(raw)
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        del tensor.external_data[:]
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        offset += len(raw)
+    if graph_only.ByteSize() > MAX_PROTOBUF_BYTES:
+        raise OutputError("the model's graph without its large tensors is still over 2 GiB; it cannot be saved as ONNX")
+    return graph_only, b"".join(chunks)

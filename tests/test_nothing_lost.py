@@ -268,3 +268,50 @@ def test_dangling_symlink_counts_as_existing(out_dir):
 def test_empty_output_path():
     with pytest.raises(OutputError, match="no output path"):
         sio.atomic_write_bytes("", b"data")
+
+
+def test_model_over_the_protobuf_limit_is_saved_with_external_data(tmp_path, monkeypatch):
+    """Models over 2 GiB (VGG-size models grow ~3x when converted) go to OUT.onnx + OUT.onnx.data;
+    the limit is lowered here so that a small model takes that path."""
+    import onnxruntime as ort
+
+    from sglrp_onnx import io as sglrp_io
+
+    converted = sglrp_onnx.convert(classifier_for_external_data(), composite="epsilon")
+    monkeypatch.setattr(sglrp_io, "EXTERNAL_DATA_ABOVE_BYTES", 2000)
+    out = tmp_path / "big.onnx"
+    sglrp_onnx.save(converted, out)
+    data = tmp_path / "big.onnx.data"
+    assert data.is_file() and data.stat().st_size > 1000
+    assert out.stat().st_size < converted.ByteSize()
+    reloaded = sglrp_io.load_model(out)  # through the safe loader: data file inside the folder
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    feeds = {"x": x, "target": np.array([-1, 1], np.int64)}
+    expected = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"]).run(["relevance"], feeds)[0]
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["relevance"], feeds)[0]
+    np.testing.assert_array_equal(got, expected)
+    original = {t.name: numpy_helper.to_array(t) for t in converted.graph.initializer}
+    for tensor in reloaded.graph.initializer:
+        np.testing.assert_array_equal(numpy_helper.to_array(tensor), original[tensor.name])
+    with pytest.raises(sglrp_onnx.errors.OutputError):
+        sglrp_onnx.save(converted, out)  # both files exist: --force needed
+    sglrp_onnx.save(converted, out, force=True)
+
+
+def classifier_for_external_data():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1, name="fc"),
+    ]
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(4, 512)).astype(np.float32), "wf")]
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

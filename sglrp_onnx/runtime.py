@@ -300,8 +300,6 @@ class Explainer:
     # -- construction helpers -------------------------------------------------------------
 
     def _convert(self, proto, options: dict, cache: bool, cache_dir):
-        import onnx
-
         import sglrp_onnx
 
         convert = getattr(sglrp_onnx, "convert", None)
@@ -317,7 +315,9 @@ class Explainer:
             cache_file = folder / f"{digest.hexdigest()[:32]}.onnx"
             if cache_file.is_file():
                 try:
-                    cached = onnx.load(os.fspath(cache_file))
+                    from sglrp_onnx.io import load_model
+
+                    cached = load_model(cache_file)  # cache files are files too: same safety checks
                     if is_augmented(cached):
                         self.cache_path = cache_file
                         return cached, cache_file
@@ -350,7 +350,12 @@ class Explainer:
     def _make_session(self, proto, path, providers, session_options):
         import onnxruntime as ort
 
-        source = os.fspath(path) if path is not None else proto.SerializeToString()
+        # ONNX Runtime gets the bytes of the model that was checked, not the path to read again;
+        # only a model over the protobuf limit (external data) is opened from its file.
+        from sglrp_onnx.io import MAX_PROTOBUF_BYTES
+
+        too_big = proto.ByteSize() > MAX_PROTOBUF_BYTES
+        source = os.fspath(path) if (path is not None and too_big) else proto.SerializeToString()
         options = session_options
         if options is None:
             options = ort.SessionOptions()

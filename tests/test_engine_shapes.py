@@ -185,3 +185,62 @@ def test_inspect_lists_only_explained_nodes(tmp_path):
     assert "shape_of_image" not in names and "batch_size" not in names
     assert {"conv1", "conv2", "fc", "flatten"} <= set(names)
     assert all(node["rule"] != "UNSUPPORTED" for node in info["nodes"])
+
+
+def _channel_split_model(runtime_bounds: bool):
+    """ShuffleNet-style channel split: two Slices of a conv output, each through its own conv,
+    concatenated. With ``runtime_bounds`` the Slice bounds come from Shape arithmetic on a
+    tensor whose shape is only known at run time, as the TorchScript exporter writes
+    ``x.chunk(2, dim=1)``."""
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+    ]
+    inits = [numpy_helper.from_array(rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "w0")]
+    if runtime_bounds:
+        nodes += [
+            helper.make_node("Shape", ["r0"], ["s"], name="shape"),
+            helper.make_node("Gather", ["s", "one"], ["channels"], name="channels", axis=0),
+            helper.make_node("Div", ["channels", "two"], ["half"], name="half"),
+            helper.make_node("Slice", ["r0", "zero", "half", "axis1"], ["left"], name="left"),
+            helper.make_node("Slice", ["r0", "half", "channels", "axis1"], ["right"], name="right"),
+        ]
+        inits += [numpy_helper.from_array(np.array([1], np.int64), "one"),
+                  numpy_helper.from_array(np.array([2], np.int64), "two"),
+                  numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                  numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    else:
+        nodes += [
+            helper.make_node("Slice", ["r0", "zero", "three", "axis1"], ["left"], name="left"),
+            helper.make_node("Slice", ["r0", "three", "big", "axis1"], ["right"], name="right"),
+        ]
+        inits += [numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                  numpy_helper.from_array(np.array([3], np.int64), "three"),
+                  numpy_helper.from_array(np.array([2**62], np.int64), "big"),
+                  numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    nodes += [
+        helper.make_node("Conv", ["right", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Concat", ["left", "r1"], ["cat"], name="concat", axis=1),
+        helper.make_node("GlobalAveragePool", ["cat"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fw"], ["y"], name="fc", transB=1),
+    ]
+    inits += [numpy_helper.from_array(rng.normal(size=(3, 3, 3, 3)).astype(np.float32), "w1"),
+              numpy_helper.from_array(rng.normal(size=(4, 6)).astype(np.float32), "fw")]
+    graph = helper.make_graph(nodes, "split", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "dtd"])
+def test_slice_with_runtime_bounds_equals_constant_bounds(composite):
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 3, 9, 7)).astype(np.float32)
+    options = dict(composite=composite, method="lrp", low=-1.0, high=1.0)
+    expected = _relevance(_channel_split_model(False), x, **options)
+    got = _relevance(_channel_split_model(True), x, **options)
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * np.abs(expected).max())

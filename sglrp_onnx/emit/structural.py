@@ -207,29 +207,70 @@ def backward_pad(ctx: Context, node: Node, relevance_out: list) -> list:
 
 @register("Slice")
 def backward_slice(ctx: Context, node: Node, relevance_out: list) -> list:
-    """Relevance goes back to the sliced positions; the parts cut away get zero."""
+    """Relevance goes back to the sliced positions; the parts cut away get zero.
+
+    With constant starts/ends and static sizes the padding is computed here; otherwise (channel
+    splits exported as Slice with starts computed from shapes) it is computed at run time from the
+    forward's own starts/ends tensors.
+    """
     x = node.inputs[0]
     shape = ctx.graph.shape(x)
-    starts = _const_ints(ctx, node, 1, "starts")
-    ends = _const_ints(ctx, node, 2, "ends")
-    if starts is None:
-        starts, ends = list(node.attrs["starts"]), list(node.attrs["ends"])
-        axes = list(node.attrs.get("axes", range(len(starts))))
-        steps = [1] * len(starts)
-    else:
-        axes = _const_ints(ctx, node, 3, "axes") or list(range(len(starts)))
-        steps = _const_ints(ctx, node, 4, "steps") or [1] * len(starts)
     if shape is None:
-        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice needs known input shapes")
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice needs the rank of its input")
     rank = len(shape)
-    pads = [0] * rank * 2
-    for axis, start, end, step in zip(axes, starts, ends, steps):
-        axis %= rank
-        if axis == 0:
-            raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice along the batch axis is not supported")
-        if step != 1 or shape[axis] is None:
-            raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice with steps or dynamic sizes is not supported")
-        first, stop, _ = slice(start, end, step).indices(shape[axis])
-        pads[axis], pads[rank + axis] = first, shape[axis] - max(stop, first)
-    padded = ctx.em.op("Pad", [relevance_out[0], ctx.em.const(np.array(pads, np.int64))], "r")
+    if "starts" in node.attrs:  # opset < 10
+        starts, ends = list(node.attrs["starts"]), list(node.attrs["ends"])
+        axes, steps = list(node.attrs.get("axes", range(len(starts)))), [1] * len(starts)
+    else:
+        starts, ends = _maybe_const_ints(ctx, node, 1), _maybe_const_ints(ctx, node, 2)
+        count = len(starts) if starts is not None else (ctx.graph.shape(node.inputs[1]) or [None])[0]
+        axes = _const_ints(ctx, node, 3, "axes") or (list(range(count)) if count is not None else None)
+        steps = _const_ints(ctx, node, 4, "steps") or [1] * len(axes or [])
+    if axes is None:
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice whose axes cannot be known")
+    axes = [a % rank for a in axes]
+    if 0 in axes:
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice along the batch axis is not supported")
+    if any(step != 1 for step in steps):
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice with steps other than 1 is not supported")
+    static = starts is not None and ends is not None and all(shape[a] is not None for a in axes)
+    if static:
+        pads = [0] * rank * 2
+        for axis, start, end in zip(axes, starts, ends):
+            first, stop, _ = slice(start, end, 1).indices(shape[axis])
+            pads[axis], pads[rank + axis] = first, shape[axis] - max(stop, first)
+        pads_tensor = ctx.em.const(np.array(pads, np.int64))
+    else:
+        pads_tensor = _runtime_slice_pads(ctx, node, rank, axes, starts, ends)
+    padded = ctx.em.op("Pad", [relevance_out[0], pads_tensor], "r")
     return [padded] + [None] * (len(node.inputs) - 1)
+
+
+def _maybe_const_ints(ctx: Context, node: Node, index: int) -> list[int] | None:
+    name = node.inputs[index] if len(node.inputs) > index else ""
+    if name and ctx.graph.is_const(name):
+        return [int(v) for v in ctx.graph.constants[name].reshape(-1)]
+    return None
+
+
+def _runtime_slice_pads(ctx: Context, node: Node, rank: int, axes: list[int], starts, ends) -> str:
+    """Pad amounts ``[begin..., end...]`` of Slice's backward, from the runtime shape and bounds."""
+    em = ctx.em
+    axes_tensor = em.const(np.array(axes, np.int64))
+    dims = em.op("Gather", [ctx.shape_tensor(node.inputs[0]), axes_tensor], "dims", axis=0)
+    zero = em.const(np.zeros(len(axes), np.int64))
+
+    def bound(values, index):
+        if values is not None:
+            value = em.const(np.array(values, np.int64))
+        else:
+            value = em.op("Cast", [node.inputs[index]], "bound", to=7)  # INT64
+        wrapped = em.op("Where", [em.op("Less", [value, zero]), em.op("Add", [value, dims]), value], "bound")
+        return em.op("Min", [em.op("Max", [wrapped, zero]), dims], "bound")
+
+    first = bound(starts, 1)
+    stop = em.op("Max", [bound(ends, 2), first], "stop")
+    after = em.op("Sub", [dims, stop], "after")
+    positions = em.const(np.array(axes + [rank + a for a in axes], np.int64))
+    amounts = em.op("Concat", [first, after], "amounts", axis=0)
+    return em.op("ScatterElements", [em.const(np.zeros(2 * rank, np.int64)), positions, amounts], "pads", axis=0)

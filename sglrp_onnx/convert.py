@@ -27,6 +27,7 @@ from sglrp_onnx.emit.relevance import emit_relevance, nonnegative_tensors
 from sglrp_onnx.errors import InternalError, RuleError, SglrpError, UnsupportedModelError, UsageError
 from sglrp_onnx.graph import Graph, from_onnx, infer_shapes, main_opset
 from sglrp_onnx.io import load_model, save_model
+from sglrp_onnx.presets import get_preset
 from sglrp_onnx.rules import LinearRule
 from sglrp_onnx.version import __version__
 
@@ -272,11 +273,7 @@ def _convert(
 ) -> onnx.ModelProto:
     contrast = _check_options(method, contrast, {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma})
     if preset is not None:
-        from sglrp_onnx.presets import get_preset
-
-        chosen = get_preset(preset)
-        low = chosen.low if low is None else low
-        high = chosen.high if high is None else high
+        get_preset(preset)  # an unknown name fails before any work
     if isinstance(rules, (str, os.PathLike)):
         rules = load_rule_file(rules)
     model = load_model(model_or_path)
@@ -285,15 +282,15 @@ def _convert(
         recorded = metadata.read(model)
         if low is None and high is None and preset is None:
             preset = recorded.get(metadata.PRESET) or None
-            if preset is not None:
-                from sglrp_onnx.presets import get_preset
-
-                low, high = get_preset(preset).low, get_preset(preset).high
-            else:
+            if preset is None:
                 low = json.loads(recorded.get(metadata.KEY_PREFIX + "low", "null"))
                 high = json.loads(recorded.get(metadata.KEY_PREFIX + "high", "null"))
         layout = layout or recorded.get(metadata.LAYOUT) or None
         model = strip_relevance(model)
+    if preset is not None:
+        chosen = get_preset(preset)
+        low = chosen.low if low is None else low
+        high = chosen.high if high is None else high
     _precheck(model)
     original_opset = main_opset(model)
     model, opset = _raise_opset(model)

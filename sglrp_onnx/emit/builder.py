@@ -17,6 +17,9 @@ from sglrp_onnx.graph import Graph
 
 PREFIX = "sglrp/"
 
+#: ``value`` attribute of a ConstantOfShape that fills with float32 ones.
+ONE = numpy_helper.from_array(np.ones(1, np.float32))
+
 
 class Emitter:
     """Collects the nodes and initializers of the relevance part, with collision-free names."""
@@ -87,7 +90,7 @@ class Context:
         self.passes = passes
         self.nonnegative = nonnegative
         self._tiled: dict[str, str] = {}
-        self._shapes: dict[str, str] = {}
+        self._shapes: dict = {}
 
     # ------------------------------------------------------------------ forward tensors
 
@@ -117,30 +120,37 @@ class Context:
             self._shapes[key] = self.em.op("Shape", [key], "shape")
         return self._shapes[key]
 
-    def batch_shape(self, tensor: str) -> str:
-        """A shape for Reshape: ``[-1, *dims[1:]]`` of ``tensor`` (static where known)."""
+    def _dims_from(self, tensor: str, start: int) -> str:
+        """Runtime ``shape[start:]`` of the (tiled) forward tensor (cached)."""
+        key = (self.fwd(tensor), start)
+        if key not in self._shapes:
+            self._shapes[key] = self.em.op("Slice", [self.shape_tensor(tensor), self.em.const([start]), self.em.const([2**62])], "dims")
+        return self._shapes[key]
+
+    def spatial_size(self, tensor: str) -> str:
+        """Runtime spatial size (``shape[2:]``) of ``tensor``."""
+        return self._dims_from(tensor, 2)
+
+    def _shape_with_batch(self, tensor: str, batch: int) -> str:
         shape = self.graph.shape(tensor)
         if shape is not None and all(d is not None for d in shape[1:]):
-            return self.em.const(np.array([-1, *shape[1:]], dtype=np.int64), "shape")
-        tail = self.em.op("Slice", [self.shape_tensor(tensor), self.em.const([1]), self.em.const([len(shape or ()) or 2**62])], "tail")
-        return self.em.op("Concat", [self.em.const([-1]), tail], "shape", axis=0)
+            return self.em.const(np.array([batch, *shape[1:]], dtype=np.int64), "shape")
+        return self.em.op("Concat", [self.em.const([batch]), self._dims_from(tensor, 1)], "shape", axis=0)
+
+    def batch_shape(self, tensor: str) -> str:
+        """A shape for Reshape: ``[-1, *dims[1:]]`` of ``tensor`` (static where known)."""
+        return self._shape_with_batch(tensor, -1)
 
     def sample_shape(self, tensor: str) -> str:
         """``[1, *dims[1:]]`` of ``tensor``: the shape of one sample."""
-        shape = self.graph.shape(tensor)
-        if shape is not None and all(d is not None for d in shape[1:]):
-            return self.em.const(np.array([1, *shape[1:]], dtype=np.int64), "shape")
-        tail = self.em.op("Slice", [self.shape_tensor(tensor), self.em.const([1]), self.em.const([2**62])], "tail")
-        return self.em.op("Concat", [self.em.const([1]), tail], "shape", axis=0)
+        return self._shape_with_batch(tensor, 1)
 
     def ones_sample(self, tensor: str) -> str:
         """An all-ones tensor shaped like one sample of ``tensor`` (batch 1)."""
         shape = self.graph.shape(tensor)
         if shape is not None and all(d is not None for d in shape[1:]):
             return self.em.const(np.ones((1, *shape[1:]), dtype=np.float32), "ones")
-        return self.em.op(
-            "ConstantOfShape", [self.sample_shape(tensor)], "ones", value=numpy_helper.from_array(np.ones(1, np.float32))
-        )
+        return self.em.op("ConstantOfShape", [self.sample_shape(tensor)], "ones", value=ONE)
 
     # ------------------------------------------------------------------ arithmetic
 

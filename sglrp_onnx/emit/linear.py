@@ -12,7 +12,7 @@ import numpy as np
 
 from sglrp_onnx.errors import UnsupportedModelError
 from sglrp_onnx.graph import Node
-from sglrp_onnx.rules import LinearRule, SimpleRule, keep, ones, positive, square, zero
+from sglrp_onnx.rules import LinearRule, SimpleRule, keep, ones, positive, square, zero, zero_rule
 
 from .builder import Context
 from .registry import register
@@ -101,22 +101,18 @@ def _transpose_as_conv(ctx: Context, s: str, weight: np.ndarray, in_size, out_si
         return None  # dense strided: ConvTranspose measured faster (ResNet-50: 4.1x vs 5.4x the forward)
     if any(st != 1 for st in strides):
         return _polyphase_transpose(ctx, s, weight, in_size, out_size, strides, dilations, begin, group)
-    pads_begin, pads_end = [], []
-    for i in range(rank):
-        reach = dilations[i] * (kernel[i] - 1)
-        pads_begin.append(reach - begin[i])
-        pads_end.append(in_size[i] - out_size[i] * strides[i] + begin[i])
+    # stride 1: a Conv of s with the flipped kernel, padded so that its output has the input's size
+    pads_begin = [dilations[i] * (kernel[i] - 1) - begin[i] for i in range(rank)]
+    pads_end = [in_size[i] - out_size[i] + begin[i] for i in range(rank)]
     if any(p < 0 for p in pads_begin):
         return None
     em = ctx.em
-    transposed = _group_transposed(weight, group)
     u = s
-    if any(st != 1 for st in strides):
-        u = _interleave(ctx, u, weight.shape[0], out_size, strides)
-    if any(p < 0 for p in pads_end):
-        ends = [o * st + min(p, 0) for o, st, p in zip(out_size, strides, pads_end)]
+    if any(p < 0 for p in pads_end):  # outputs beyond the input's size are cut off
+        ends = [o + min(p, 0) for o, p in zip(out_size, pads_end)]
         u = em.op("Slice", [u, em.const([0] * rank), em.const(ends), em.const(list(range(2, 2 + rank)))], "u")
         pads_end = [max(p, 0) for p in pads_end]
+    transposed = _group_transposed(weight, group)
     return em.op("Conv", [u, em.const(transposed, "wt")], "c", dilations=dilations, group=group, pads=pads_begin + pads_end)
 
 
@@ -220,7 +216,7 @@ def same_padding_transpose(ctx: Context, node: Node, s: str, weight: np.ndarray,
     rank = len(kernel)
     x = node.inputs[0]
     full = em.op("ConvTranspose", [s, em.const(weight, "w")], "c", strides=strides, dilations=dilations, group=group, pads=[0] * (2 * rank))
-    size = em.op("Slice", [ctx.shape_tensor(x), em.const([2]), em.const([2 + rank])], "in_size")
+    size = ctx.spatial_size(x)
     stride = em.const(np.array(strides, np.int64))
     out = em.op("Div", [em.op("Add", [size, em.const(np.array(strides, np.int64) - 1)]), stride], "out_size")
     reach = em.const(np.array([(k - 1) * d + 1 for k, d in zip(kernel, dilations)], np.int64))
@@ -236,7 +232,7 @@ def same_padding_transpose(ctx: Context, node: Node, s: str, weight: np.ndarray,
 def fit_spatial(ctx: Context, tensor: str, like: str, rank: int) -> str:
     """Pad with zeros / cut ``tensor``'s spatial axes (2..) to the spatial size of ``like``."""
     em = ctx.em
-    target = em.op("Slice", [ctx.shape_tensor(like), em.const([2]), em.const([2 + rank])], "target")
+    target = ctx.spatial_size(like)
     current = em.op("Slice", [em.op("Shape", [tensor]), em.const([2]), em.const([2 + rank])], "current")
     missing = em.op("Max", [em.op("Sub", [target, current]), em.const(np.zeros(rank, np.int64))], "missing")
     pads = em.op("Concat", [em.const(np.zeros(2 + rank + 2, np.int64)), missing], "pads", axis=0)
@@ -353,8 +349,6 @@ def backward_linear(ctx: Context, node: Node, relevance_out: list) -> list:
     if isinstance(rule, SimpleRule) and rule.name == "pass":
         return [relevance]
     if isinstance(rule, SimpleRule):  # norm: the layer itself, stabilised like LRP-0
-        from sglrp_onnx.rules import zero_rule
-
         rule = zero_rule(rule.stabilizer)
     layer = ConvMap(ctx, node) if node.op_type == "Conv" else DenseMap(ctx, node)
     return [emit_linear_rule(ctx, node, relevance, rule, layer)]

@@ -17,7 +17,7 @@ from sglrp_onnx.canonicalize import resolve_conv_pads
 from sglrp_onnx.errors import UnsupportedModelError
 from sglrp_onnx.graph import Node
 
-from .builder import Context
+from .builder import ONE, Context
 from .linear import conv_transpose
 from .registry import register
 
@@ -75,8 +75,8 @@ def backward_avgpool(ctx: Context, node: Node, relevance_out: list) -> list:
     if spatial is not None:
         ones = em.const(np.ones([1, 1, *spatial], np.float32), "ones")
     else:
-        shape_1 = em.op("Concat", [em.const([1, 1]), em.op("Slice", [ctx.shape_tensor(x), em.const([2]), em.const([2 + rank])])], "shape", axis=0)
-        ones = em.op("ConstantOfShape", [shape_1], "ones", value=_one())
+        shape_1 = em.op("Concat", [em.const([1, 1]), ctx.spatial_size(x)], "shape", axis=0)
+        ones = em.op("ConstantOfShape", [shape_1], "ones", value=ONE)
     pool_attrs = {k: v for k, v in node.attrs.items() if k in ("auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape", "pads", "strides")}
     averaged = em.op("AveragePool", [ones], "avg_ones", **pool_attrs)
     extra = [s - 1 for s in strides] if node.attrs.get("ceil_mode", 0) else [0] * rank
@@ -95,12 +95,6 @@ def backward_avgpool(ctx: Context, node: Node, relevance_out: list) -> list:
     kernel_weight = np.ones([channels, 1, *kernel], np.float32)
     c = conv_transpose(ctx, x, y, s, kernel_weight, strides, dilations, pads, channels)
     return [em.op("Mul", [ctx.fwd(x), c], "r")]
-
-
-def _one():
-    from onnx import numpy_helper
-
-    return numpy_helper.from_array(np.ones(1, np.float32))
 
 
 def _mean_backward(ctx: Context, node: Node, relevance: str, axes: list[int], keepdims: bool) -> str:

@@ -191,6 +191,12 @@ def _zbox_bounds(graph: Graph, rules: dict, low: Any, high: Any, channel_axis: i
     return result
 
 
+def canonical_graph(model: onnx.ModelProto, image_input: str | None = None) -> Graph:
+    """The canonical graph of ``model`` (constants folded on a copy, shapes inferred, rewritten)."""
+    graph = from_onnx(infer_shapes(fold_model_constants(model)))
+    return canonicalize(graph, image_input)
+
+
 def _reads_own_input(rule) -> bool:
     """Whether a Conv's rule sees a zero-padded border the same as its own zero padding."""
     if not isinstance(rule, LinearRule):
@@ -294,8 +300,7 @@ def _convert(
     _precheck(model)
     original_opset = main_opset(model)
     model, opset = _raise_opset(model)
-    graph = from_onnx(infer_shapes(fold_model_constants(model)))
-    canonicalize(graph, image_input)
+    graph = canonical_graph(model, image_input)
     image_type = graph.dtypes.get(graph.image)
     if image_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
         kind = onnx.TensorProto.DataType.Name(image_type or 0)

@@ -24,10 +24,8 @@ def add_parser(subparsers) -> None:
 
 def describe(path: str, composite: str = "dtd", rules=None, image_input=None, epsilon=1e-6, stabilizer=1e-6, gamma=0.25) -> dict:
     from sglrp_onnx import metadata
-    from sglrp_onnx.canonicalize import canonicalize, fold_model_constants
     from sglrp_onnx.composites import assign_rules, first_layers
-    from sglrp_onnx.convert import _precheck, load_rule_file, strip_relevance
-    from sglrp_onnx.graph import from_onnx, infer_shapes
+    from sglrp_onnx.convert import _precheck, canonical_graph, load_rule_file, strip_relevance
     from sglrp_onnx.emit.relevance import BACKWARD
     from sglrp_onnx.io import load_model
 
@@ -36,8 +34,7 @@ def describe(path: str, composite: str = "dtd", rules=None, image_input=None, ep
     if made:
         model = strip_relevance(model)
     _precheck(model)
-    graph = from_onnx(infer_shapes(fold_model_constants(model)))
-    canonicalize(graph, image_input)
+    graph = canonical_graph(model, image_input)
     if isinstance(rules, str):
         rules = load_rule_file(rules)
     assigned = assign_rules(graph, composite, {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma}, rules)

@@ -6,6 +6,7 @@ converted model can be converted again (the old relevance part is recognised and
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Iterable
 
@@ -93,6 +94,11 @@ class Context:
         self._shapes: dict = {}
 
     # ------------------------------------------------------------------ forward tensors
+
+    @functools.cached_property
+    def producers(self) -> dict:
+        """Producer node of each canonical tensor (the graph does not change while emitting)."""
+        return self.graph.producers()
 
     def fwd(self, tensor: str) -> str:
         """The forward tensor as the relevance part sees it: float32 (float16 models are cast at

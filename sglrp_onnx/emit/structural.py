@@ -80,7 +80,7 @@ def backward_constant_affine(ctx: Context, node: Node, relevance_out: list) -> l
 
 def _depends_on(ctx: Context, tensor: str, source: str) -> bool:
     """Whether ``tensor`` is computed from ``source`` in the canonical graph."""
-    producers = ctx.graph.producers()
+    producers = ctx.producers
     stack, seen = [tensor], set()
     while stack:
         name = stack.pop()

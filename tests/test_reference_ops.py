@@ -327,3 +327,42 @@ def test_unsupported_forms_name_the_node():
     spec = m_slice(0)
     with pytest.raises(errors.UnsupportedModelError, match="Slice on axis 2 needs a static size"):
         sglrp_onnx.convert(onnx_builder.build_model(spec, dynamic_spatial=True), composite="epsilon")
+
+
+def test_resize_antialias_against_probed_map():
+    """Linear downsampling with antialias=1 (opset 18): the reference map is probed from ONNX
+    Runtime's Resize one input pixel at a time (the full 2-D map, no separability assumed), then
+    LRP by hand: epsilon on the Gemm head, norm over the map."""
+    import sglrp_onnx
+
+    rng = np.random.default_rng(0)
+    shape, scales = (1, 2, 9, 8), [1, 1, 0.5, 0.4]
+    W = rng.uniform(0.1, 1.0, (2 * 4 * 3, 3)).astype(np.float32)
+    bias = np.array([0.2, 0.1, 0.3], np.float32)
+    init = onnx.numpy_helper.from_array
+    nodes = [onnx.helper.make_node("Resize", ["x", "roi", "scales"], ["small"], name="down", mode="linear", antialias=1),
+             onnx.helper.make_node("Flatten", ["small"], ["flat"], name="flat"),
+             onnx.helper.make_node("Gemm", ["flat", "W", "b"], ["z"], name="head")]
+    graph = onnx.helper.make_graph(
+        nodes, "aa", [onnx.helper.make_tensor_value_info("x", 1, ["N", *shape[1:]])],
+        [onnx.helper.make_tensor_value_info("z", 1, ["N", 3])],
+        initializer=[init(np.zeros(0, np.float32), "roi"), init(np.array(scales, np.float32), "scales"),
+                     init(W, "W"), init(bias, "b")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    probe = _resize_model([1, 1, 9, 8], {"mode": "linear", "antialias": 1}, scales=scales, opset=18)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    A = np.stack([session.run(None, {"x": np.eye(72, dtype=np.float32)[k].reshape(1, 1, 9, 8)})[0].reshape(-1)
+                  for k in range(72)], axis=1).astype(np.float64)  # [out pixels, in pixels]
+    assert A.min() >= 0 and A.shape == (12, 72)
+    x = rng.uniform(0.2, 1.0, (3, *shape[1:])).astype(np.float32)
+    spec = netspec.NetSpec("x", shape[1:], "NCHW", [], "z")
+    out = Engine(sglrp_onnx.convert(model, method="lrp", composite="epsilon"), spec).run(x, [0, 1, 2])
+    for i, t in enumerate([0, 1, 2]):
+        small = np.einsum("oi,ci->co", A, x[i].reshape(2, 72).astype(np.float64))
+        z = small.reshape(-1) @ W + bias
+        R_small = small.reshape(-1) * (W[:, t] * z[t] / lrp64.stab(z[t], 1e-6))
+        s = R_small.reshape(2, 12) / lrp64.stab(small, 1e-6)
+        ref = x[i].reshape(2, 72) * np.einsum("oi,co->ci", A, s)
+        ours = out["relevance"][i].reshape(2, 72)
+        assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max(), i

@@ -34,6 +34,10 @@ COMPOSITES: dict[str, tuple[str, str, str, str]] = {
 #: their own structural rule, see :mod:`sglrp_onnx.emit`).
 NORM_OPS = ("AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Sum")
 
+#: Weightless ops whose rule divides by their output (SPEC section 7): an override may set the
+#: stabiliser with ``norm`` / ``epsilon`` / ``zero``, or ``pass`` where the shape allows.
+STABILISED_OPS = NORM_OPS + ("Normalization", "MatMul", "Einsum", "Sub")
+
 
 def first_layers(graph: Graph) -> set[str]:
     """Names of the linear nodes reached from the image without passing another linear node."""
@@ -107,26 +111,37 @@ def _apply_overrides(graph: Graph, rules: dict, overrides: dict[str, Any], defau
         else:
             known = ", ".join(sorted(names)[:20])
             raise RuleError(f"rule override '{key}' matches no node name, glob or op type on the explained path (nodes: {known}{', ...' if len(names) > 20 else ''})")
+        rule = make_rule(overrides[key], defaults, where=f"rule override '{key}': ")
+        if rank > 0:
+            # a glob or op type (``MatMul`` names dense layers and attention products alike) takes
+            # the nodes its rule applies to; it must apply to one at least
+            fitting = [n for n in matches if _applicable(graph, n, rule, firsts) is None]
+            if matches and not fitting:
+                raise RuleError(f"rule override '{key}': {_applicable(graph, matches[0], rule, firsts)}")
+            matches = fitting
         for node in matches:
             if node.name not in chosen or rank < chosen[node.name][0]:
                 chosen[node.name] = (rank, key)
     for node_name, (_, key) in chosen.items():
         node = names[node_name]
         rule = make_rule(overrides[key], defaults, where=f"rule override '{key}' for node '{node_name}': ")
-        _check_applicable(graph, node, rule, key, firsts)
+        problem = _applicable(graph, node, rule, firsts)
+        if problem is not None:
+            raise RuleError(f"rule override '{key}': {problem}")
         rules[node_name] = rule
 
 
-def _check_applicable(graph: Graph, node: Node, rule, key: str, firsts: set[str]) -> None:
-    where = f"rule override '{key}': {node.describe(graph)}"
+def _applicable(graph: Graph, node: Node, rule, firsts: set[str]) -> str | None:
+    """None where ``rule`` can be given to ``node``, else why not."""
+    where = node.describe(graph)
     if node.op_type in LINEAR_OPS:
         if rule.name == "pass" and graph.shape(node.inputs[0]) != graph.shape(node.outputs[0]):
-            raise RuleError(f"{where}: rule 'pass' needs equal input and output shapes")
+            return f"{where}: rule 'pass' needs equal input and output shapes"
         if isinstance(rule, LinearRule) and rule.name == "zbox" and node.name not in firsts and "low" not in rule.params:
-            raise RuleError(f"{where} is not a first layer: a zbox override there needs its own low and high")
-        return
-    if node.op_type in NORM_OPS and rule.name in ("norm", "epsilon", "zero"):
-        return
+            return f"{where} is not a first layer: a zbox override there needs its own low and high"
+        return None
+    if node.op_type in STABILISED_OPS and rule.name in ("norm", "epsilon", "zero"):
+        return None
     if rule.name == "pass" and graph.shape(node.inputs[0]) == graph.shape(node.outputs[0]) and node.op_type not in NORM_OPS:
-        return
-    raise RuleError(f"{where}: rule '{rule.name}' does not apply to this op")
+        return None
+    return f"{where}: rule '{rule.name}' does not apply to this op"

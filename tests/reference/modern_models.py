@@ -480,10 +480,11 @@ def class_token_case(seed=0) -> Case:
 IMG, PATCH = 8, 4  # 2x2 patches + class token = T tokens
 
 
-def vit_case(seed=0, attention_from_shape=False) -> Case:
+def vit_case(seed=0, attention_from_shape=False, take="gather") -> Case:
     """image [N, 3, 8, 8] -> patch Conv (4x4, stride 4) -> tokens -> Concat(class token) -> Add
     position -> pre-LN attention + residual -> pre-LN MLP (GELU) + residual -> LN -> class token
-    -> head. Plain random weights (compare by relative L2)."""
+    -> head. Plain random weights (compare by relative L2). ``take``: the class token is taken
+    by Gather(axis 1, index 0) (torch's x[:, 0]) or by Slice(0:1 on axis 1) + Squeeze."""
     rng = np.random.default_rng(seed)
     Wp = (rng.standard_normal((D, 3, PATCH, PATCH)) / math.sqrt(3 * PATCH * PATCH)).astype(
         np.float32)
@@ -508,8 +509,12 @@ def vit_case(seed=0, attention_from_shape=False) -> Case:
     m = g.dense(g.layer_norm(h, *ln[1], eps, name="ln2"), W1, b1, name="mlp.fc1")
     m = g.dense(g.gelu_decomposed(m), W2, b2, name="mlp.fc2")
     h = g.op("Add", [h, m], name="residual2")
-    c = g.op("Gather", [g.layer_norm(h, *ln[2], eps, name="ln_final"), g.ints(0, "idx")],
-             axis=1, name="take_cls")
+    h = g.layer_norm(h, *ln[2], eps, name="ln_final")
+    if take == "gather":
+        c = g.op("Gather", [h, g.ints(0, "idx")], axis=1, name="take_cls")
+    else:
+        c = g.op("Slice", [h, g.ints([0]), g.ints([1]), g.ints([1])], name="take_cls")
+        c = g.op("Squeeze", [c, g.ints([1], "axes")])
     out = g.dense(c, Wh, bh, name="head")
     model = g.model("image", (3, IMG, IMG), out, (NUM_CLASSES,))
 
@@ -526,5 +531,6 @@ def vit_case(seed=0, attention_from_shape=False) -> Case:
         c = m64.gather(t, m64.layer_norm(t, h, *ln[2], eps), 1, 0)
         return m64.dense(t, c, Wh, bh)
 
-    return Case("vit-block" + ("-shape-scale" if attention_from_shape else ""), model, build,
+    name = "vit-block" + ("-shape-scale" if attention_from_shape else "") + f"-{take}"
+    return Case(name, model, build,
                 (3, IMG, IMG), low=0.0, high=1.0, conditioned=False)

@@ -55,6 +55,7 @@ CASES = {
     "instancenorm": lambda: mm.instance_norm_case(0),
     "groupnorm-decomposed": lambda: mm.group_norm_case(0, "decomposed"),
     "groupnorm-op21": lambda: mm.group_norm_case(0, "op21"),
+    "groupnorm-op21-annotated": lambda: mm.group_norm_case(0, "op21", annotate=True),
     "attention": lambda: mm.attention_case(0),
     "attention-shape-scale": lambda: mm.attention_case(1, scale_from_shape=True),
     "gated-mul": lambda: mm.gated_case(0, "mul"),

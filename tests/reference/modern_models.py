@@ -229,11 +229,13 @@ def instance_norm_case(seed=0) -> Case:
     return Case("instancenorm", model, build, (C, S, S))
 
 
-def group_norm_case(seed=0, form="decomposed") -> Case:
+def group_norm_case(seed=0, form="decomposed", annotate=False) -> Case:
     """x [N, C, S, S] -> GroupNorm(G) -> flatten -> head. ``form``: "decomposed" = torch's
     Reshape -> InstanceNormalization(1, 0) -> Reshape(Shape(x)) -> Mul gamma -> Add beta;
     "op21" = the GroupNormalization op of opset 21 (scale/bias per channel; opset 18's version,
-    per group, is deprecated and refused by the ONNX checker)."""
+    per group, is deprecated and refused by the ONNX checker). ONNX's shape inference gives the
+    GroupNormalization-21 output no type; ``annotate`` writes it into ``value_info`` as an
+    exporter might, so that the rule can be tested apart from shape inference."""
     rng = np.random.default_rng(seed)
     gamma, beta = _norm_params(rng, C)
     Wh, bh = _head(rng, ones(C * S * S))
@@ -251,12 +253,16 @@ def group_norm_case(seed=0, form="decomposed") -> Case:
                  epsilon=eps)
     out = g.dense(g.op("Flatten", [y], axis=1), Wh, bh, name="head")
     model = g.model("x", (C, S, S), out, (NUM_CLASSES,))
+    if annotate:
+        model.graph.value_info.append(
+            helper.make_tensor_value_info(y, TensorProto.FLOAT, ["N", C, S, S]))
 
     def build(t, x):
         y = m64.group_norm(t, x, G, gamma, beta, eps)
         return m64.dense(t, m64.reshape(t, y, (-1, C * S * S)), Wh, bh)
 
-    return Case(f"groupnorm-{form}", model, build, (C, S, S))
+    return Case(f"groupnorm-{form}" + ("-annotated" if annotate else ""), model, build,
+                (C, S, S))
 
 
 # =============================================================================================

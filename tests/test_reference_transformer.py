@@ -52,12 +52,15 @@ CASES = {
     "layernorm-decomposed": lambda: mm.layer_norm_case(0, decomposed=True),
     "layernorm-decomposed-opset18": lambda: mm.layer_norm_case(0, decomposed=True, opset=18),
     "layernorm-opset18": lambda: mm.layer_norm_case(1, opset=18),
+    "rmsnorm-div": lambda: mm.rms_norm_case(0, "div"),
+    "rmsnorm-rsqrt": lambda: mm.rms_norm_case(1, "rsqrt"),
     "instancenorm": lambda: mm.instance_norm_case(0),
     "groupnorm-decomposed": lambda: mm.group_norm_case(0, "decomposed"),
     "groupnorm-op21": lambda: mm.group_norm_case(0, "op21"),
     "groupnorm-op21-annotated": lambda: mm.group_norm_case(0, "op21", annotate=True),
     "attention": lambda: mm.attention_case(0),
     "attention-shape-scale": lambda: mm.attention_case(1, scale_from_shape=True),
+    "attention-einsum": lambda: mm.attention_case(3, einsum=True),
     "gated-mul": lambda: mm.gated_case(0, "mul"),
     "gated-matmul": lambda: mm.gated_case(0, "matmul"),
     "poolformer": lambda: mm.poolformer_case(0),
@@ -86,8 +89,9 @@ def batch(key, copies=2):
     return x, np.tile(np.arange(mm.NUM_CLASSES), copies)
 
 
-def reference(key, x, targets, method, **cfg) -> m64.Result:
-    return m64.explain(case(key).build, x.astype(np.float64), targets, method, m64.Config(**cfg))
+def reference(key, x, targets, method, contrast=None, **cfg) -> m64.Result:
+    return m64.explain(case(key).build, x.astype(np.float64), targets, method, m64.Config(**cfg),
+                       contrast=contrast)
 
 
 # =============================================================================================
@@ -302,7 +306,7 @@ def compare(key, method, check=check_elementwise, copies=2, **kw):
                                                     "high", "attention")}
     if conv.get("rules"):
         cfg["add_rule"] = conv["rules"]["Add"]
-    ref = reference(key, x, t, method, **cfg)
+    ref = reference(key, x, t, method, conv.get("contrast"), **cfg)
     label = f"{key} {conv}"
     assert np.abs(out[eng.logits] - ref.logits).max() <= 1e-5 * np.abs(ref.logits).max()
     check(out[eng.relevance], ref, label)
@@ -338,7 +342,7 @@ def test_layernorm_decomposed_equals_layernorm_op():
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("key", ["attention", "attention-shape-scale"])
+@pytest.mark.parametrize("key", ["attention", "attention-shape-scale", "attention-einsum"])
 def test_attnlrp_option(key, method):
     compare(key, method, attention="attnlrp")
     ref = reference(key, *batch(key), method, attention="attnlrp")
@@ -366,7 +370,25 @@ def test_poolformer_literal_l2(key, method):
     compare(key, method, check=check_l2)
 
 
+CONTRASTS = [("clrp", "scaled"), ("clrp", "signed"), ("sglrp", "scaled")]
+
+
+@pytest.mark.parametrize("method,contrast", CONTRASTS)
+@pytest.mark.parametrize("key", ["attention", "layernorm", "gated-matmul", "classtoken"])
+def test_contrasts(key, method, contrast):
+    """CLRP and the scaled contrast (target and dual propagated apart) through attention's
+    batch-moving reshapes and transposes."""
+    compare(key, method, contrast=contrast)
+
+
+@pytest.mark.parametrize("method,contrast", CONTRASTS)
+def test_contrasts_vit(method, contrast):
+    compare("vit-slice", method, check=check_l2, contrast=contrast, composite="epsilon",
+            rules={"Add": "epsilon"})
+
+
 VIT_SETUPS = {
+    "epsilon": dict(composite="epsilon"),
     "epsilon+Add:epsilon": dict(composite="epsilon", rules={"Add": "epsilon"}),
     "epsilon+Add:epsilon+attnlrp": dict(composite="epsilon", rules={"Add": "epsilon"},
                                         attention="attnlrp"),
@@ -383,7 +405,7 @@ def test_vit_block(key, method, setup):
     if kw.get("rules"):
         kw["rules"] = dict(kw["rules"])
     ours, ref = compare(key, method, check=check_l2, **kw)
-    if method == "sglrp" and kw["composite"] == "epsilon":
+    if method == "sglrp" and kw.get("rules"):
         # SGLRP's initial relevance sums to 0 per image; the relevance that the biases and
         # constants absorb keeps the map's sum from being exactly 0, but the reference and the
         # engine must agree on it

@@ -35,7 +35,8 @@ import math
 
 import numpy as np
 
-from .lrp64 import avgpool_forward, avgpool_transpose, initial_relevance, softmax64, stab
+from .lrp64 import (F32_TINY, avgpool_forward, avgpool_transpose, initial_relevance, softmax64,
+                    stab)
 
 
 @dataclasses.dataclass
@@ -238,6 +239,21 @@ def normalize(t: Tape, x: Node, axes, gamma, beta, eps, label="norm") -> Node:
     return t.record(label, [x], y, back)
 
 
+def rms_norm(t: Tape, x: Node, gamma, eps, label="rmsnorm") -> Node:
+    """y = gamma * x / rms over the last axis, rms = sqrt(mean(x^2) + eps); rms held constant
+    (SPEC section 7: the normalisation rule without centering): R_x = x * s * gamma / rms."""
+    xv = x.value
+    rms = np.sqrt((xv ** 2).mean(axis=-1, keepdims=True) + eps)
+    gamma = np.asarray(gamma, np.float64)
+    y = gamma * xv / rms
+
+    def back(R):
+        t.condition(label, R, np.abs(y), y)
+        return [xv * gamma / rms * R / stab(y, t.cfg.stabilizer)]
+
+    return t.record(label, [x], y, back)
+
+
 def layer_norm(t, x, gamma, beta, eps=1e-5, label="layernorm"):
     """LayerNormalization over the last axis."""
     return normalize(t, x, (-1,), gamma, beta, eps, label)
@@ -429,10 +445,14 @@ class Result:
         return max([k for _, k in self.kappa], default=1.0)
 
 
-def explain(build, x, targets, method="sglrp", cfg: Config | None = None) -> Result:
+def explain(build, x, targets, method="sglrp", cfg: Config | None = None, contrast=None,
+            positive=False) -> Result:
     """Reference relevance of ``build`` (a function (tape, input node) -> logits node) for a batch
-    x and targets, signed contrast (SPEC section 3)."""
+    x and targets (SPEC section 3): ``signed`` propagates target minus dual once, ``scaled``
+    propagates both parts and returns A_t - A_d * sum(A_t) / sum(A_d) per image."""
     cfg = cfg or Config()
+    if contrast is None:
+        contrast = {"lrp": "signed", "clrp": "scaled", "sglrp": "signed"}[method]
     tape = Tape(cfg)
     xin = tape.node(x)
     logits = build(tape, xin)
@@ -442,8 +462,23 @@ def explain(build, x, targets, method="sglrp", cfg: Config | None = None) -> Res
     t = np.where(t < 0, np.argmax(z, axis=1), t)
     t = np.where(t >= K, -1, t)
     At, Ad = initial_relevance(z, t, method)
-    rel = tape.backward(logits, (At - Ad).reshape(logits.shape))
-    R = rel.get(xin.id, np.zeros(x.shape))
-    R = np.array(R)
+
+    def propagate(R0):
+        rel = tape.backward(logits, R0.reshape(logits.shape))
+        return np.array(rel.get(xin.id, np.zeros(x.shape)))
+
+    if method == "lrp" or contrast == "signed":
+        R = propagate(At - Ad)
+    elif contrast == "scaled":
+        R_t, R_d = propagate(At), propagate(Ad)
+        R = np.empty_like(R_t)
+        for i in range(len(x)):
+            st, sd = R_t[i].sum(), R_d[i].sum()
+            small = abs(sd) < 1e-12 * np.abs(R_d[i]).sum() + F32_TINY
+            R[i] = R_t[i] if small else R_t[i] - R_d[i] * (st / sd)
+    else:
+        raise ValueError(contrast)
+    if positive:
+        R = np.maximum(R, 0)
     R[t < 0] = 0
     return Result(z, t, R, At - Ad, tape.kappa)

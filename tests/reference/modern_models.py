@@ -201,6 +201,36 @@ def layer_norm_case(seed=0, decomposed=False, opset=17, bias_free=False) -> Case
                 build, (T, D))
 
 
+def rms_norm_case(seed=0, form="div") -> Case:
+    """x [N, T, D] -> Linear -> RMSNorm (decomposed: Pow, ReduceMean, Add eps, Sqrt, then
+    ``form`` "div" = Div(x, rms) or "rsqrt" = Mul(x, Reciprocal(rms)) as torch writes
+    x * torch.rsqrt(...)) -> Mul gamma -> flatten -> head. With rms held constant the map is
+    diagonal, so the rule gives R_x = R (up to the stabiliser): the test checks that the pattern
+    is recognised as one normalisation and that no relevance leaks into the rms branch."""
+    rng = np.random.default_rng(seed)
+    W1, b1 = signed_weight(rng, ones(D), ones(D))  # x > 0 -> RMSNorm output > 0
+    gamma = f32(rng.uniform(0.5, 1.5, D))
+    Wh, bh = _head(rng, ones(T * D))
+    eps = 1e-6
+    g = Graph(17)
+    h = g.dense("x", W1, b1, name="fc1")
+    ms = g.reduce_mean_last(g.op("Pow", [h, g.const(2.0)]))
+    rms = g.op("Sqrt", [g.op("Add", [ms, g.const(eps)])])
+    if form == "div":
+        y = g.op("Div", [h, rms])
+    else:
+        y = g.op("Mul", [h, g.op("Reciprocal", [rms])])
+    y = g.op("Mul", [y, g.const(gamma, "rms.weight")])
+    out = g.dense(g.reshape(y, [-1, T * D]), Wh, bh, name="head")
+    model = g.model("x", (T, D), out, (NUM_CLASSES,))
+
+    def build(t, x):
+        y = m64.rms_norm(t, m64.dense(t, x, W1, b1), gamma, eps)
+        return m64.dense(t, m64.reshape(t, y, (-1, T * D)), Wh, bh)
+
+    return Case(f"rmsnorm-{form}", model, build, (T, D))
+
+
 # =============================================================================================
 # (b) InstanceNormalization, GroupNorm (decomposed and as one op)
 
@@ -283,8 +313,9 @@ def _attention_weights(rng, conditioned=True):
     return p
 
 
-def onnx_attention(g: Graph, x, p, scale_from_shape=False, prefix="attn"):
-    """Multi-head self-attention as the TorchScript exporter writes it (H heads of D/H)."""
+def onnx_attention(g: Graph, x, p, scale_from_shape=False, prefix="attn", einsum=False):
+    """Multi-head self-attention as the TorchScript exporter writes it (H heads of D/H);
+    ``einsum``: both products as Einsum (MaxViT-style), k not transposed beforehand."""
     dh = D // H
     q = g.dense(x, p["Wq"], p["bq"], name=f"{prefix}.q")
     k = g.dense(x, p["Wk"], p["bk"], name=f"{prefix}.k")
@@ -292,7 +323,11 @@ def onnx_attention(g: Graph, x, p, scale_from_shape=False, prefix="attn"):
     q = g.transpose(g.reshape(q, [0, T, H, dh]), [0, 2, 1, 3])
     kt = g.transpose(g.reshape(k, [0, T, H, dh]), [0, 2, 3, 1])
     v = g.transpose(g.reshape(v, [0, T, H, dh]), [0, 2, 1, 3])
-    scores = g.op("MatMul", [q, kt], name=f"{prefix}.qk")
+    if einsum:
+        k = g.transpose(kt, [0, 1, 3, 2])
+        scores = g.op("Einsum", [q, k], name=f"{prefix}.qk", equation="bhid,bhjd->bhij")
+    else:
+        scores = g.op("MatMul", [q, kt], name=f"{prefix}.qk")
     if scale_from_shape:  # Sqrt(Cast(Gather(Shape(q), -1))) as torch exporters write it
         d = g.op("Gather", [g.op("Shape", [q]), g.ints(-1, "idx")], axis=0)
         sq = g.op("Sqrt", [g.op("Cast", [d], to=TensorProto.FLOAT)])
@@ -300,7 +335,10 @@ def onnx_attention(g: Graph, x, p, scale_from_shape=False, prefix="attn"):
     else:
         scores = g.op("Mul", [scores, g.const(1.0 / math.sqrt(dh))])
     A = g.op("Softmax", [scores], axis=-1, name=f"{prefix}.softmax")
-    o = g.op("MatMul", [A, v], name=f"{prefix}.av")
+    if einsum:
+        o = g.op("Einsum", [A, v], name=f"{prefix}.av", equation="bhij,bhjd->bhid")
+    else:
+        o = g.op("MatMul", [A, v], name=f"{prefix}.av")
     o = g.reshape(g.transpose(o, [0, 2, 1, 3]), [0, T, D])
     return g.dense(o, p["Wo"], p["bo"], name=f"{prefix}.out")
 
@@ -330,7 +368,7 @@ def ref_attention(t: m64.Tape, x, p, first=False):
     return m64.dense(t, o, p["Wo"], p["bo"])
 
 
-def attention_case(seed=0, scale_from_shape=False, bias_free=False) -> Case:
+def attention_case(seed=0, scale_from_shape=False, bias_free=False, einsum=False) -> Case:
     """x [N, T, D] -> multi-head self-attention -> flatten -> head."""
     rng = np.random.default_rng(seed)
     p = _attention_weights(rng)
@@ -340,7 +378,7 @@ def attention_case(seed=0, scale_from_shape=False, bias_free=False) -> Case:
         p.update(bq=None, bk=None, bv=None, bo=None)
         bh = None
     g = Graph(17)
-    o = onnx_attention(g, "x", p, scale_from_shape)
+    o = onnx_attention(g, "x", p, scale_from_shape, einsum=einsum)
     out = g.dense(g.reshape(o, [-1, T * D]), Wh, bh, name="head")
     model = g.model("x", (T, D), out, (NUM_CLASSES,))
 
@@ -349,7 +387,7 @@ def attention_case(seed=0, scale_from_shape=False, bias_free=False) -> Case:
         return m64.dense(t, m64.reshape(t, o, (-1, T * D)), Wh, bh)
 
     name = "attention" + ("-shape-scale" if scale_from_shape else "") + (
-        "-biasfree" if bias_free else "")
+        "-biasfree" if bias_free else "") + ("-einsum" if einsum else "")
     return Case(name, model, build, (T, D))
 
 

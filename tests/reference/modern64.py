@@ -9,7 +9,8 @@ op functions below with the same float32 weights that their ONNX graph holds.
 Rules (SPEC section 7 table unless said otherwise; stab = Zennit's stabiliser of section 4):
 - normalisation (LayerNorm, InstanceNorm, GroupNorm), sigma held at its forward value:
   s = R / stab(y), u = s * gamma / sigma, R_x = x * (u - mean(u)) over the normalised axes;
-- attention, CP-LRP (Ali et al. 2022): A = Softmax(...) is a constant, R_V = V * A^T (R / stab(A V));
+- attention, CP-LRP (Ali et al. 2022): A = Softmax(...) is a constant,
+  R_V = V * A^T (R / stab(A V));
 - uniform rule (Achtibat et al. 2024, "AttnLRP", ICML, Eq. 7) for a product C = A B of two computed
   tensors: R_A = 1/2 * A * ((R / stab(C)) B^T), R_B = 1/2 * B * (A^T (R / stab(C))); for the
   elementwise product each factor gets R/2 * C / stab(C);
@@ -147,7 +148,8 @@ def _dense_relevance(t: Tape, label, x, W, b, R, rule, low=None, high=None):
     if rule == "zbox":
         Wp, Wn = _pos(W), _neg(W)
         z = x @ W - low @ Wp - high @ Wn
-        t.condition(label, R, np.abs(x) @ np.abs(W) + np.abs(low) @ Wp + np.abs(high) @ np.abs(Wn), z)
+        terms = np.abs(x) @ np.abs(W) + np.abs(low) @ Wp + np.abs(high) @ np.abs(Wn)
+        t.condition(label, R, terms, z)
         s = R / stab(z, cfg.stabilizer)
         return x * (s @ W.T) - low * (s @ Wp.T) - high * (s @ Wn.T)
     raise ValueError(rule)

@@ -61,8 +61,10 @@ CASES = {
     "attention": lambda: mm.attention_case(0),
     "attention-shape-scale": lambda: mm.attention_case(1, scale_from_shape=True),
     "attention-einsum": lambda: mm.attention_case(3, einsum=True),
+    "attention-split-scale": lambda: mm.attention_case(4, split_scale=True),
     "gated-mul": lambda: mm.gated_case(0, "mul"),
     "gated-matmul": lambda: mm.gated_case(0, "matmul"),
+    "softmax-gate": lambda: mm.softmax_gate_case(0),
     "poolformer": lambda: mm.poolformer_case(0),
     "poolformer-literal": lambda: mm.poolformer_case(0, literal=True),
     "position": lambda: mm.position_case(0),
@@ -342,7 +344,8 @@ def test_layernorm_decomposed_equals_layernorm_op():
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("key", ["attention", "attention-shape-scale", "attention-einsum"])
+@pytest.mark.parametrize("key", ["attention", "attention-shape-scale", "attention-einsum",
+                                 "attention-split-scale"])
 def test_attnlrp_option(key, method):
     compare(key, method, attention="attnlrp")
     ref = reference(key, *batch(key), method, attention="attnlrp")

@@ -313,9 +313,12 @@ def _attention_weights(rng, conditioned=True):
     return p
 
 
-def onnx_attention(g: Graph, x, p, scale_from_shape=False, prefix="attn", einsum=False):
+def onnx_attention(g: Graph, x, p, scale_from_shape=False, prefix="attn", einsum=False,
+                   split_scale=False):
     """Multi-head self-attention as the TorchScript exporter writes it (H heads of D/H);
-    ``einsum``: both products as Einsum (MaxViT-style), k not transposed beforehand."""
+    ``einsum``: both products as Einsum (MaxViT-style), k not transposed beforehand;
+    ``split_scale``: q and k^T each multiplied by sqrt(scale) before the product, as the dynamo
+    exporter decomposes scaled_dot_product_attention."""
     dh = D // H
     q = g.dense(x, p["Wq"], p["bq"], name=f"{prefix}.q")
     k = g.dense(x, p["Wk"], p["bk"], name=f"{prefix}.k")
@@ -323,12 +326,17 @@ def onnx_attention(g: Graph, x, p, scale_from_shape=False, prefix="attn", einsum
     q = g.transpose(g.reshape(q, [0, T, H, dh]), [0, 2, 1, 3])
     kt = g.transpose(g.reshape(k, [0, T, H, dh]), [0, 2, 3, 1])
     v = g.transpose(g.reshape(v, [0, T, H, dh]), [0, 2, 1, 3])
+    if split_scale:
+        root = g.const(dh ** -0.25)
+        q, kt = g.op("Mul", [q, root]), g.op("Mul", [kt, root])
     if einsum:
         k = g.transpose(kt, [0, 1, 3, 2])
         scores = g.op("Einsum", [q, k], name=f"{prefix}.qk", equation="bhid,bhjd->bhij")
     else:
         scores = g.op("MatMul", [q, kt], name=f"{prefix}.qk")
-    if scale_from_shape:  # Sqrt(Cast(Gather(Shape(q), -1))) as torch exporters write it
+    if split_scale:
+        pass
+    elif scale_from_shape:  # Sqrt(Cast(Gather(Shape(q), -1))) as torch exporters write it
         d = g.op("Gather", [g.op("Shape", [q]), g.ints(-1, "idx")], axis=0)
         sq = g.op("Sqrt", [g.op("Cast", [d], to=TensorProto.FLOAT)])
         scores = g.op("Div", [scores, sq])
@@ -343,7 +351,7 @@ def onnx_attention(g: Graph, x, p, scale_from_shape=False, prefix="attn", einsum
     return g.dense(o, p["Wo"], p["bo"], name=f"{prefix}.out")
 
 
-def ref_attention(t: m64.Tape, x, p, first=False):
+def ref_attention(t: m64.Tape, x, p, first=False, split_scale=False):
     """Reference of :func:`onnx_attention`: CP-LRP or AttnLRP after ``t.cfg.attention``."""
     dh = D // H
 
@@ -354,6 +362,11 @@ def ref_attention(t: m64.Tape, x, p, first=False):
     kt = heads(m64.dense(t, x, p["Wk"], p["bk"], first), (0, 2, 3, 1))
     v = heads(m64.dense(t, x, p["Wv"], p["bv"], first), (0, 2, 1, 3))
     scale = 1.0 / math.sqrt(dh)
+    if split_scale:  # Mul by a constant: `pass`; the product then needs no scale
+        root = dh ** -0.25
+        q = m64.passthrough(t, q, lambda v: v * root, "scale_q")
+        kt = m64.passthrough(t, kt, lambda v: v * root, "scale_k")
+        scale = 1.0
     if t.cfg.attention == "attnlrp":
         scores = m64.matmul_uniform(t, q, kt, "qk")
         scores = m64.passthrough(t, scores, lambda s: s * scale, "scale")
@@ -368,7 +381,8 @@ def ref_attention(t: m64.Tape, x, p, first=False):
     return m64.dense(t, o, p["Wo"], p["bo"])
 
 
-def attention_case(seed=0, scale_from_shape=False, bias_free=False, einsum=False) -> Case:
+def attention_case(seed=0, scale_from_shape=False, bias_free=False, einsum=False,
+                   split_scale=False) -> Case:
     """x [N, T, D] -> multi-head self-attention -> flatten -> head."""
     rng = np.random.default_rng(seed)
     p = _attention_weights(rng)
@@ -378,16 +392,17 @@ def attention_case(seed=0, scale_from_shape=False, bias_free=False, einsum=False
         p.update(bq=None, bk=None, bv=None, bo=None)
         bh = None
     g = Graph(17)
-    o = onnx_attention(g, "x", p, scale_from_shape, einsum=einsum)
+    o = onnx_attention(g, "x", p, scale_from_shape, einsum=einsum, split_scale=split_scale)
     out = g.dense(g.reshape(o, [-1, T * D]), Wh, bh, name="head")
     model = g.model("x", (T, D), out, (NUM_CLASSES,))
 
     def build(t, x):
-        o = ref_attention(t, x, p)
+        o = ref_attention(t, x, p, split_scale=split_scale)
         return m64.dense(t, m64.reshape(t, o, (-1, T * D)), Wh, bh)
 
     name = "attention" + ("-shape-scale" if scale_from_shape else "") + (
-        "-biasfree" if bias_free else "") + ("-einsum" if einsum else "")
+        "-biasfree" if bias_free else "") + ("-einsum" if einsum else "") + (
+        "-split-scale" if split_scale else "")
     return Case(name, model, build, (T, D))
 
 
@@ -426,6 +441,32 @@ def gated_case(seed=0, form="mul") -> Case:
         return m64.dense(t, m64.reshape(t, c, (-1, flat)), Wh, bh)
 
     return Case(f"gated-{form}", model, build, (T, D))
+
+
+def softmax_gate_case(seed=0) -> Case:
+    """x [N, T, D] -> h = Linear(x) -> gate = Softmax(Linear(h)) -> h * gate -> Linear -> head:
+    a Softmax inside the network gating the tensor it was computed from (ResNeSt's split
+    attention in small): the gate is a constant, all relevance goes to h (SPEC 5 and 7)."""
+    rng = np.random.default_rng(seed)
+    W1, b1 = signed_weight(rng, ones(D), ones(D))
+    Wg, bg = gaussian(rng, (D, D)), f32(rng.normal(0, 0.3, D))
+    sig = random_signs(rng, D)
+    W3, b3 = signed_weight(rng, ones(D), sig)
+    Wh, bh = _head(rng, np.tile(sig, T))
+    g = Graph(17)
+    h = g.dense("x", W1, b1, name="fc1")
+    gate = g.op("Softmax", [g.dense(h, Wg, bg, name="gate_fc")], axis=-1, name="gate")
+    y = g.dense(g.op("Mul", [h, gate], name="apply_gate"), W3, b3, name="fc3")
+    out = g.dense(g.reshape(y, [-1, T * D]), Wh, bh, name="head")
+    model = g.model("x", (T, D), out, (NUM_CLASSES,))
+
+    def build(t, x):
+        h = m64.dense(t, x, W1, b1)
+        gate = m64.softmax64(h.value @ Wg + bg)  # a constant: no relevance into the gate
+        y = m64.dense(t, m64.passthrough(t, h, lambda v: v * gate, "apply_gate"), W3, b3)
+        return m64.dense(t, m64.reshape(t, y, (-1, T * D)), Wh, bh)
+
+    return Case("softmax-gate", model, build, (T, D))
 
 
 POOL = dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], count_include_pad=0)

@@ -146,17 +146,10 @@ def _applicable(graph: Graph, node: Node, rule, firsts: set[str]) -> str | None:
         if rule.name == "pass" and graph.shape(node.inputs[0]) != graph.shape(node.outputs[0]):
             return f"{where}: rule 'pass' needs equal input and output shapes"
         if isinstance(rule, LinearRule) and rule.name == "zbox" and node.name not in firsts and "low" not in rule.params:
-<<<<<<< HEAD
             return f"{where} is not a first layer: a zbox override there needs its own low and high"
         return None
-    if node.op_type in STABILISED_OPS and rule.name in ("norm", "epsilon", "zero"):
+    if node.op_type in STABILISED_OPS + AFFINE_OPS and rule.name in ("norm", "epsilon", "zero"):
         return None
-=======
-            raise RuleError(f"{where} is not a first layer: a zbox override there needs its own low and high")
-        return
-    if node.op_type in NORM_OPS + AFFINE_OPS and rule.name in ("norm", "epsilon", "zero"):
-        return
->>>>>>> ops
     if rule.name == "pass" and graph.shape(node.inputs[0]) == graph.shape(node.outputs[0]) and node.op_type not in NORM_OPS:
         return None
     return f"{where}: rule '{rule.name}' does not apply to this op"

@@ -5,11 +5,7 @@ from __future__ import annotations
 from sglrp_onnx.errors import UnsupportedModelError
 from sglrp_onnx.graph import Graph
 
-<<<<<<< HEAD
-from . import linear, normalization, pooling, products, structural  # noqa: F401  (they register their builders)
-=======
-from . import batchnorm, indexing, linear, pooling, resize, structural  # noqa: F401  (they register their builders)
->>>>>>> ops
+from . import batchnorm, indexing, linear, normalization, pooling, products, resize, structural  # noqa: F401  (they register their builders)
 from .builder import Context
 from .registry import BACKWARD
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sglrp_onnx.errors import RuleError, UsageError
 from sglrp_onnx.graph import LINEAR_OPS, Graph, Node
-from sglrp_onnx.rules import LinearRule, SimpleRule, make_rule, norm_rule
+from sglrp_onnx.rules import LinearRule, SimpleRule, make_rule, norm_rule, zero_rule
 
 #: composite name -> (first conv, first dense, other conv, dense)
 COMPOSITES: dict[str, tuple[str, str, str, str]] = {
@@ -32,7 +32,12 @@ COMPOSITES: dict[str, tuple[str, str, str, str]] = {
 
 #: Weightless ops whose relevance rule is ``norm`` (the others pass relevance through or have
 #: their own structural rule, see :mod:`sglrp_onnx.emit`).
-NORM_OPS = ("AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Sum")
+NORM_OPS = ("AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "Resize", "Add", "Sum")
+
+#: Weightless per-channel affine ops (standalone BatchNormalization): the epsilon rule of their
+#: affine map with ``stabilizer`` (SPEC section 5), shown as ``zero`` (LRP-0 = epsilon with the
+#: stabiliser); overrides may choose ``epsilon`` (its own epsilon), ``norm`` or ``pass``.
+AFFINE_OPS = ("BatchNormalization",)
 
 #: Weightless ops whose rule divides by their output (SPEC section 7): an override may set the
 #: stabiliser with ``norm`` / ``epsilon`` / ``zero``, or ``pass`` where the shape allows.
@@ -84,6 +89,9 @@ def assign_rules(
             name = first_dense if node.name in firsts else dense
         elif node.op_type in NORM_OPS:
             rules[node.name] = norm_rule(defaults["stabilizer"])
+            continue
+        elif node.op_type in AFFINE_OPS:
+            rules[node.name] = zero_rule(defaults["stabilizer"])
             continue
         else:
             continue
@@ -140,7 +148,7 @@ def _applicable(graph: Graph, node: Node, rule, firsts: set[str]) -> str | None:
         if isinstance(rule, LinearRule) and rule.name == "zbox" and node.name not in firsts and "low" not in rule.params:
             return f"{where} is not a first layer: a zbox override there needs its own low and high"
         return None
-    if node.op_type in STABILISED_OPS and rule.name in ("norm", "epsilon", "zero"):
+    if node.op_type in STABILISED_OPS + AFFINE_OPS and rule.name in ("norm", "epsilon", "zero"):
         return None
     if rule.name == "pass" and graph.shape(node.inputs[0]) == graph.shape(node.outputs[0]) and node.op_type not in NORM_OPS:
         return None

@@ -5,14 +5,15 @@ from __future__ import annotations
 from sglrp_onnx.errors import UnsupportedModelError
 from sglrp_onnx.graph import Graph
 
-from . import linear, normalization, pooling, products, structural  # noqa: F401  (they register their builders)
+from . import batchnorm, indexing, linear, normalization, pooling, products, resize, structural  # noqa: F401  (they register their builders)
 from .builder import Context
 from .registry import BACKWARD
 
 #: Ops whose output is >= 0 whatever the input, and ops that keep a non-negative input >= 0.
 NONNEGATIVE_OUTPUT = ("Relu", "Sigmoid", "Softmax", "Abs")
 KEEPS_SIGN = ("MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Squeeze",
-              "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Add", "Sum", "Mul")
+              "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Add", "Sum", "Mul", "Gather", "ReduceSum",
+              "Resize")
 
 
 def nonnegative_tensors(graph: Graph) -> set[str]:

@@ -13,12 +13,13 @@ from sglrp_onnx.errors import UnsupportedModelError
 from sglrp_onnx.graph import Node
 
 from .builder import Context
+from .indexing import strided_slice_backward
 from .products import unbroadcast as _unbroadcast
 from .registry import register
 
 ACTIVATIONS = (
     "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
-    "Celu", "Gelu", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Erf", "LRN", "BatchNormalization",
+    "Celu", "Gelu", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Erf", "LRN",
     "Neg", "Abs", "Swish",
 )
 
@@ -170,7 +171,8 @@ def backward_slice(ctx: Context, node: Node, relevance_out: list) -> list:
 
     With constant starts/ends and static sizes the padding is computed here; otherwise (channel
     splits exported as Slice with starts computed from shapes) it is computed at run time from the
-    forward's own starts/ends tensors.
+    forward's own starts/ends tensors. Steps other than 1 (negative too) go to
+    :func:`.indexing.strided_slice_backward`.
     """
     x = node.inputs[0]
     shape = ctx.graph.shape(x)
@@ -190,8 +192,8 @@ def backward_slice(ctx: Context, node: Node, relevance_out: list) -> list:
     axes = [a % rank for a in axes]
     if 0 in axes and ctx.passes > 1:
         raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice along the batch axis is not supported")
-    if any(step != 1 for step in steps):
-        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice with steps other than 1 is not supported")
+    if any(step != 1 for step in steps):  # strided or reversed: selection matrices (emit/indexing.py)
+        return [strided_slice_backward(ctx, node, relevance_out[0], axes, starts, ends, steps)] + [None] * (len(node.inputs) - 1)
     static = starts is not None and ends is not None and all(shape[a] is not None for a in axes)
     if static:
         pads = [0] * rank * 2

@@ -68,6 +68,7 @@ CASES = {
     "poolformer": lambda: mm.poolformer_case(0),
     "poolformer-literal": lambda: mm.poolformer_case(0, literal=True),
     "position": lambda: mm.position_case(0),
+    "gelu": lambda: mm.gelu_case(0),
     "classtoken": lambda: mm.class_token_case(0),
     "vit": lambda: mm.vit_case(0),
     "vit-shape-scale": lambda: mm.vit_case(1, attention_from_shape=True),
@@ -327,7 +328,7 @@ PARAMS = [dict(epsilon=0.25), dict(stabilizer=0.05)]
 
 @pytest.mark.parametrize("params", PARAMS, ids=["epsilon0.25", "stabilizer0.05"])
 @pytest.mark.parametrize("key", ["layernorm", "groupnorm-decomposed", "attention", "gated-mul",
-                                 "poolformer", "classtoken"])
+                                 "poolformer", "gelu", "classtoken"])
 def test_rules_use_stabilizer_not_epsilon(key, params):
     """Section 7's rules use `stabilizer`; the epsilon rule (the dense layers) uses `epsilon`."""
     compare(key, "lrp", **params)

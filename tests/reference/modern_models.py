@@ -534,6 +534,26 @@ def position_case(seed=0) -> Case:
     return Case("position-embedding", model, build, (T, D))
 
 
+def gelu_case(seed=0) -> Case:
+    """x [N, T, D] -> Linear (outputs of both signs, some below -3) -> decomposed GELU ->
+    flatten -> head. GELU is `pass`: its relevance must not depend on `stabilizer` (a product
+    rule on Mul(h, 1 + erf(h / sqrt 2)) would scale it by c / stab(c))."""
+    rng = np.random.default_rng(seed)
+    sig = random_signs(rng, D)
+    W1, b1 = signed_weight(rng, ones(D), sig, scale=4.0)
+    Wh, bh = _head(rng, np.tile(sig, T))
+    g = Graph(17)
+    h = g.gelu_decomposed(g.dense("x", W1, b1, name="fc1"))
+    out = g.dense(g.reshape(h, [-1, T * D]), Wh, bh, name="head")
+    model = g.model("x", (T, D), out, (NUM_CLASSES,))
+
+    def build(t, x):
+        h = m64.gelu(t, m64.dense(t, x, W1, b1))
+        return m64.dense(t, m64.reshape(t, h, (-1, T * D)), Wh, bh)
+
+    return Case("gelu", model, build, (T, D))
+
+
 def class_token_case(seed=0) -> Case:
     """x [N, T-1, D] -> Linear -> GELU (decomposed) -> Concat(class token, .) -> token-mixing
     Linear (over the token axis) -> Gather(axis 1, index 0) -> head."""

@@ -27,6 +27,7 @@ What is implemented for the attention options (SPEC section 7; write-up of the t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import sys
@@ -56,6 +57,8 @@ CASES = {
     "rmsnorm-rsqrt": lambda: mm.rms_norm_case(1, "rsqrt"),
     "instancenorm": lambda: mm.instance_norm_case(0),
     "groupnorm-decomposed": lambda: mm.group_norm_case(0, "decomposed"),
+    "groupnorm1-decomposed": lambda: mm.group_norm_case(1, "decomposed", groups=1),
+    "layernorm2d": lambda: mm.channel_layer_norm_case(0),
     "groupnorm-op21": lambda: mm.group_norm_case(0, "op21"),
     "groupnorm-op21-annotated": lambda: mm.group_norm_case(0, "op21", annotate=True),
     "attention": lambda: mm.attention_case(0),
@@ -432,3 +435,19 @@ def test_engine_conservation_bias_free(key, method):
     scale = np.abs(out[eng.relevance]).reshape(len(t), -1).sum(1)
     # float32 sums of terms that cancel (SGLRP): 1e-3 of the relevance mass
     assert np.all(np.abs(got - want) <= 1e-3 * np.maximum(scale, np.abs(want))), (got, want)
+
+
+def test_vit_predicted_and_out_of_range_targets():
+    """Target -1 explains the predicted class; a target >= K gives class -1 and zero relevance
+    (SPEC section 2), through the whole ViT block."""
+    eng = engine("vit-slice", method="sglrp", composite="epsilon")
+    x = case("vit-slice").inputs(3, seed=7)
+    targets = [-1, 2, mm.NUM_CLASSES + 3]
+    out = eng.run(x, targets)
+    ref = reference("vit-slice", x, targets, "sglrp")
+    explained = out[eng.meta.get("sglrp_onnx.explained_class_output", "explained_class")]
+    assert np.array_equal(explained, ref.explained_class)
+    assert ref.explained_class[0] == np.argmax(ref.logits[0]) and ref.explained_class[2] == -1
+    assert np.all(out[eng.relevance][2] == 0)
+    check_l2(out[eng.relevance][:2], dataclasses.replace(ref, relevance=ref.relevance[:2]),
+             "vit-slice targets")

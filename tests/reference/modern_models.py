@@ -83,10 +83,10 @@ class Graph:
     def transpose(self, x, perm):
         return self.op("Transpose", [x], perm=list(perm))
 
-    def reduce_mean_last(self, x):
+    def reduce_mean_last(self, x, axis=-1):
         if self.opset >= 18:
-            return self.op("ReduceMean", [x, self.ints([-1], "axes")], keepdims=1)
-        return self.op("ReduceMean", [x], axes=[-1], keepdims=1)
+            return self.op("ReduceMean", [x, self.ints([axis], "axes")], keepdims=1)
+        return self.op("ReduceMean", [x], axes=[axis], keepdims=1)
 
     def layer_norm(self, x, gamma, beta, eps, decomposed=False, name=None):
         """LayerNormalization over the last axis, as one op or as older exporters wrote it."""
@@ -241,6 +241,30 @@ def _norm_params(rng, n):
     return f32(rng.uniform(0.3, 0.6, n)), f32(rng.uniform(2.5, 3.5, n))
 
 
+def channel_layer_norm_case(seed=0) -> Case:
+    """x [N, C, S, S] -> LayerNorm over the channel axis written out as ConvNeXt's LayerNorm2d
+    exports (ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div over axis 1, then Mul gamma[C, 1, 1],
+    Add beta[C, 1, 1]) -> flatten -> head."""
+    rng = np.random.default_rng(seed)
+    gamma, beta = _norm_params(rng, C)
+    Wh, bh = _head(rng, ones(C * S * S))
+    eps = 1e-6
+    g = Graph(17)
+    d = g.op("Sub", ["x", g.reduce_mean_last("x", axis=1)])
+    var = g.reduce_mean_last(g.op("Pow", [d, g.const(2.0)]), axis=1)
+    y = g.op("Div", [d, g.op("Sqrt", [g.op("Add", [var, g.const(eps)])])])
+    y = g.op("Add", [g.op("Mul", [y, g.const(gamma.reshape(C, 1, 1))]),
+                     g.const(beta.reshape(C, 1, 1))])
+    out = g.dense(g.op("Flatten", [y], axis=1), Wh, bh, name="head")
+    model = g.model("x", (C, S, S), out, (NUM_CLASSES,))
+
+    def build(t, x):
+        y = m64.normalize(t, x, (1,), gamma.reshape(1, C, 1, 1), beta.reshape(1, C, 1, 1), eps)
+        return m64.dense(t, m64.reshape(t, y, (-1, C * S * S)), Wh, bh)
+
+    return Case("layernorm2d-channels-first", model, build, (C, S, S))
+
+
 def instance_norm_case(seed=0) -> Case:
     """x [N, C, S, S] -> InstanceNormalization -> flatten -> head."""
     rng = np.random.default_rng(seed)
@@ -259,27 +283,28 @@ def instance_norm_case(seed=0) -> Case:
     return Case("instancenorm", model, build, (C, S, S))
 
 
-def group_norm_case(seed=0, form="decomposed", annotate=False) -> Case:
+def group_norm_case(seed=0, form="decomposed", annotate=False, groups=G) -> Case:
     """x [N, C, S, S] -> GroupNorm(G) -> flatten -> head. ``form``: "decomposed" = torch's
     Reshape -> InstanceNormalization(1, 0) -> Reshape(Shape(x)) -> Mul gamma -> Add beta;
     "op21" = the GroupNormalization op of opset 21 (scale/bias per channel; opset 18's version,
     per group, is deprecated and refused by the ONNX checker). ONNX's shape inference gives the
     GroupNormalization-21 output no type; ``annotate`` writes it into ``value_info`` as an
-    exporter might, so that the rule can be tested apart from shape inference."""
+    exporter might, so that the rule can be tested apart from shape inference. ``groups=1`` is
+    PoolFormer's GroupNorm."""
     rng = np.random.default_rng(seed)
     gamma, beta = _norm_params(rng, C)
     Wh, bh = _head(rng, ones(C * S * S))
     eps = 1e-5
     g = Graph({"decomposed": 17, "op21": 21}[form])
     if form == "decomposed":
-        v = g.op("Reshape", ["x", g.ints([0, G, -1])])
-        v = g.op("InstanceNormalization", [v, g.const(np.ones(G)), g.const(np.zeros(G))],
+        v = g.op("Reshape", ["x", g.ints([0, groups, -1])])
+        v = g.op("InstanceNormalization", [v, g.const(np.ones(groups)), g.const(np.zeros(groups))],
                  epsilon=eps)
         v = g.op("Reshape", [v, g.op("Shape", ["x"])])
         v = g.op("Mul", [v, g.const(gamma.reshape(C, 1, 1))])
         y = g.op("Add", [v, g.const(beta.reshape(C, 1, 1))])
     else:
-        y = g.op("GroupNormalization", ["x", g.const(gamma), g.const(beta)], num_groups=G,
+        y = g.op("GroupNormalization", ["x", g.const(gamma), g.const(beta)], num_groups=groups,
                  epsilon=eps)
     out = g.dense(g.op("Flatten", [y], axis=1), Wh, bh, name="head")
     model = g.model("x", (C, S, S), out, (NUM_CLASSES,))
@@ -288,10 +313,10 @@ def group_norm_case(seed=0, form="decomposed", annotate=False) -> Case:
             helper.make_tensor_value_info(y, TensorProto.FLOAT, ["N", C, S, S]))
 
     def build(t, x):
-        y = m64.group_norm(t, x, G, gamma, beta, eps)
+        y = m64.group_norm(t, x, groups, gamma, beta, eps)
         return m64.dense(t, m64.reshape(t, y, (-1, C * S * S)), Wh, bh)
 
-    return Case(f"groupnorm-{form}" + ("-annotated" if annotate else ""), model, build,
+    return Case(f"groupnorm{groups}-{form}" + ("-annotated" if annotate else ""), model, build,
                 (C, S, S))
 
 

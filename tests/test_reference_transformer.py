@@ -265,16 +265,23 @@ class Engine:
         return dict(zip(self.names, out))
 
 
+class _Frozen(tuple):
+    """A dict's items as a hashable tuple (to cache conversions by their keyword arguments)."""
+
+
 def _freeze(kw):
-    return tuple(sorted((k, _freeze(v) if isinstance(v, dict) else v) for k, v in kw.items()))
+    return _Frozen(sorted((k, _freeze(v) if isinstance(v, dict) else v) for k, v in kw.items()))
+
+
+def _thaw(frozen):
+    return {k: _thaw(v) if isinstance(v, _Frozen) else v for k, v in frozen}
 
 
 @functools.lru_cache(maxsize=None)
 def _engine(key, frozen):
     import sglrp_onnx
 
-    kw = {k: dict(v) if isinstance(v, tuple) else v for k, v in frozen}
-    return Engine(sglrp_onnx.convert(case(key).model, **kw))
+    return Engine(sglrp_onnx.convert(case(key).model, **_thaw(frozen)))
 
 
 def engine(key, **kw) -> Engine:
@@ -400,6 +407,7 @@ VIT_SETUPS = {
     "epsilon+Add:epsilon+attnlrp": dict(composite="epsilon", rules={"Add": "epsilon"},
                                         attention="attnlrp"),
     "dtd": dict(composite="dtd", low=0.0, high=1.0),
+    "dtd-per-channel": dict(composite="dtd", low=(-2.1, -2.0, -1.8), high=(2.2, 2.4, 2.6)),
 }
 
 

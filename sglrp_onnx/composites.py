@@ -37,7 +37,7 @@ NORM_OPS = ("AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "Resi
 #: Weightless per-channel affine ops (standalone BatchNormalization): the epsilon rule of their
 #: affine map with ``stabilizer`` (SPEC section 5), shown as ``zero`` (LRP-0 = epsilon with the
 #: stabiliser); overrides may choose ``epsilon`` (its own epsilon), ``norm`` or ``pass``.
-AFFINE_OPS = ("BatchNormalization",)
+AFFINE_OPS = ("BatchNormalization", "Affine")
 
 #: Weightless ops whose rule divides by their output (SPEC section 7): an override may set the
 #: stabiliser with ``norm`` / ``epsilon`` / ``zero``, or ``pass`` where the shape allows.

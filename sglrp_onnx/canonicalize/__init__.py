@@ -10,7 +10,8 @@ Pipeline (each step one module, each leaves the forward's values unchanged):
 5. :func:`fold_into_linear` - BatchNormalization and per-channel affine constants fold into them;
 6. :func:`fuse_normalization` - LayerNorm / InstanceNorm / GroupNorm (ops and exporters'
    decompositions) become one canonical ``Normalization`` with their trailing affine folded in;
-7. nodes off the float path from the image to the logits are dropped.
+7. :func:`fuse_affine` - a standalone BatchNorm exported as Mul + Add becomes one ``Affine``;
+8. nodes off the float path from the image to the logits are dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .find_io import ancestors, find_image_input, find_logits, float_path
 from .fold_constants import fold_model_constants
 from .fold_into_linear import fold_into_linear
 from .fold_pad import fold_pad_into_conv
+from .fuse_affine import fuse_affine
 from .fuse_normalization import fuse_normalization
 from .linear_layers import canonicalize_linear_layers, resolve_conv_pads
 from .remove_noops import remove_noops
@@ -36,6 +38,7 @@ def canonicalize(graph: Graph, image_input: str | None = None) -> Graph:
     canonicalize_linear_layers(graph, float_path(graph))
     fold_into_linear(graph)
     fuse_normalization(graph)
+    fuse_affine(graph)
     on_path = float_path(graph)
     needed = ancestors(graph, graph.logits)
     graph.nodes = [

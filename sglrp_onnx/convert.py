@@ -19,7 +19,7 @@ from onnx import checker, helper, version_converter
 
 from sglrp_onnx import metadata
 from sglrp_onnx.bounds import bounds_at_input, bounds_for_tensor, carry_bounds
-from sglrp_onnx.canonicalize import canonicalize, fold_model_constants, fold_pad_into_conv
+from sglrp_onnx.canonicalize import canonicalize, fold_model_constants, fold_pad_into_conv, fold_shape_computations
 from sglrp_onnx.composites import assign_rules
 from sglrp_onnx.emit.builder import PREFIX, Context, Emitter
 from sglrp_onnx.emit.methods import CONTRASTS, DEFAULT_CONTRAST, METHODS, combine_scaled, initial_relevance
@@ -192,8 +192,9 @@ def _zbox_bounds(graph: Graph, rules: dict, low: Any, high: Any, channel_axis: i
 
 
 def canonical_graph(model: onnx.ModelProto, image_input: str | None = None) -> Graph:
-    """The canonical graph of ``model`` (constants folded on a copy, shapes inferred, rewritten)."""
-    graph = from_onnx(infer_shapes(fold_model_constants(model)))
+    """The canonical graph of ``model`` (constants and shape computations folded on a copy, shapes
+    inferred, rewritten)."""
+    graph = from_onnx(infer_shapes(fold_shape_computations(fold_model_constants(model))))
     return canonicalize(graph, image_input)
 
 

@@ -1,0 +1,268 @@
+"""Exporter idioms (SPEC section 5): shape computations folded with the static dimensions, a final
+Softmax behind shape-only ops, NHWC layout behind in-graph preprocessing, ``-1`` dimensions,
+zbox bounds that stay on the float path, and error messages that name the real cause.
+
+The folded models are checked against the independent float64 reference (tests/reference): the
+idiom model computes the same function as the reference's spec with constant pads, so its
+relevance must be the reference's, and equal to that of the twin with constant pads.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import sglrp_onnx
+from sglrp_onnx.errors import UnsupportedModelError
+
+ort.set_default_logger_severity(3)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference import lrp64, netspec, onnx_builder  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / "data"
+RTOL = 1e-4  # elementwise, relative to max|ref| (the models are the reference's conditioned nets)
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _relevance(converted: onnx.ModelProto, x: np.ndarray, target: np.ndarray, image: str = "input") -> np.ndarray:
+    return _session(converted).run(["relevance"], {image: x, "target": target})[0]
+
+
+def _int64(graph: onnx.GraphProto, name: str, value) -> str:
+    graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.int64), name))
+    return name
+
+
+def _insert_before(graph: onnx.GraphProto, anchor: onnx.NodeProto, nodes: list) -> None:
+    index = list(graph.node).index(anchor)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(index + offset, node)
+
+
+# -- the idioms, written into a model built from a reference spec ------------------------------
+
+
+def _tf_same_pads(graph: onnx.GraphProto, x: str, kernel: int, stride: int) -> tuple[list, str]:
+    """TF "same" padding as tf2onnx/timm write it for a dynamic input: per spatial axis
+    pad = max((ceil(n / s) - 1) * s + k - n, 0), begin = pad // 2, end = pad - begin."""
+    nodes = [helper.make_node("Shape", [x], ["tf_shape"], name="tf_shape")]
+    begins, ends = [], []
+    for axis in (2, 3):
+        p = f"tf{axis}_"
+        make = lambda op, ins, out, **kw: helper.make_node(op, ins, [p + out], name=p + out, **kw)  # noqa: E731
+        nodes += [
+            make("Gather", ["tf_shape", _int64(graph, p + "axis", axis)], "n", axis=0),
+            make("Add", [p + "n", _int64(graph, p + "s_minus_1", stride - 1)], "n_up"),
+            make("Div", [p + "n_up", _int64(graph, p + "s", stride)], "out"),
+            make("Sub", [p + "out", _int64(graph, p + "one", 1)], "out_1"),
+            make("Mul", [p + "out_1", p + "s"], "span"),
+            make("Add", [p + "span", _int64(graph, p + "k", kernel)], "need"),
+            make("Sub", [p + "need", p + "n"], "short"),
+            make("Max", [p + "short", _int64(graph, p + "zero", 0)], "pad"),
+            make("Div", [p + "pad", _int64(graph, p + "two", 2)], "begin"),
+            make("Sub", [p + "pad", p + "begin"], "end"),
+            make("Unsqueeze", [p + "begin", _int64(graph, p + "axes", [0])], "begin1"),
+            make("Unsqueeze", [p + "end", p + "axes"], "end1"),
+        ]
+        begins.append(p + "begin1")
+        ends.append(p + "end1")
+    zeros = _int64(graph, "tf_zeros", [0, 0])
+    nodes.append(helper.make_node("Concat", [zeros, *begins, zeros, *ends], ["tf_pads"], name="tf_pads", axis=0))
+    return nodes, "tf_pads"
+
+
+def _torch_fpad_pads(graph: onnx.GraphProto, x: str, amounts: list[int]) -> tuple[list, str]:
+    """PyTorch's TorchScript export of ``F.pad(x, [l, r, t, b])`` with amounts computed from
+    ``x.shape``: the torch-order list is widened with ConstantOfShape zeros, reshaped to pairs,
+    reversed with a step -1 Slice, transposed and flattened into ONNX order."""
+    nodes = [
+        helper.make_node("Shape", [x], ["fp_shape"], name="fp_shape"),
+        helper.make_node("Gather", ["fp_shape", _int64(graph, "fp_w_axis", 3)], ["fp_w"], name="fp_w", axis=0),
+        # amounts that depend on the width: (w - w) + amount, as a traced x.shape[-1] expression
+        helper.make_node("Sub", ["fp_w", "fp_w"], ["fp_zero"], name="fp_zero"),
+    ]
+    torch_order = []
+    for i, amount in enumerate(amounts):
+        nodes.append(helper.make_node("Add", ["fp_zero", _int64(graph, f"fp_a{i}", amount)], [f"fp_p{i}"], name=f"fp_p{i}"))
+        nodes.append(helper.make_node("Unsqueeze", [f"fp_p{i}", _int64(graph, f"fp_ax{i}", [0])], [f"fp_u{i}"], name=f"fp_u{i}"))
+        torch_order.append(f"fp_u{i}")
+    nodes += [
+        helper.make_node("Concat", torch_order, ["fp_list"], name="fp_list", axis=0),
+        helper.make_node("Shape", ["fp_list"], ["fp_len"], name="fp_len"),
+        helper.make_node("Sub", [_int64(graph, "fp_eight", [8]), "fp_len"], ["fp_missing"], name="fp_missing"),
+        helper.make_node("ConstantOfShape", ["fp_missing"], ["fp_fill"], name="fp_fill",
+                         value=numpy_helper.from_array(np.zeros(1, np.int64))),
+        helper.make_node("Concat", ["fp_list", "fp_fill"], ["fp_full"], name="fp_full", axis=0),
+        helper.make_node("Reshape", ["fp_full", _int64(graph, "fp_pairs_shape", [-1, 2])], ["fp_pairs"], name="fp_pairs"),
+        helper.make_node("Slice", ["fp_pairs", _int64(graph, "fp_st", [-1]), _int64(graph, "fp_en", [-(2**63) + 1]),
+                                   _int64(graph, "fp_sa", [0]), _int64(graph, "fp_ss", [-1])], ["fp_rev"], name="fp_rev"),
+        helper.make_node("Transpose", ["fp_rev"], ["fp_t"], name="fp_t", perm=[1, 0]),
+        helper.make_node("Reshape", ["fp_t", _int64(graph, "fp_flat_shape", [-1])], ["fp_onnx"], name="fp_onnx"),
+        helper.make_node("Cast", ["fp_onnx"], ["fp_pads"], name="fp_pads", to=TensorProto.INT64),
+    ]
+    return nodes, "fp_pads"
+
+
+def _batch_view(graph: onnx.GraphProto, reshape: onnx.NodeProto) -> list:
+    """``x.view(x.size(0), -1)``: the Reshape target holds the runtime batch size."""
+    x = reshape.input[0]
+    nodes = [
+        helper.make_node("Shape", [x], ["bv_shape"], name="bv_shape"),
+        helper.make_node("Gather", ["bv_shape", _int64(graph, "bv_zero", 0)], ["bv_n"], name="bv_n", axis=0),
+        helper.make_node("Unsqueeze", ["bv_n", _int64(graph, "bv_axes", [0])], ["bv_n1"], name="bv_n1"),
+        helper.make_node("Concat", ["bv_n1", _int64(graph, "bv_rest", [-1])], ["bv_target"], name="bv_target", axis=0),
+    ]
+    reshape.input[1] = "bv_target"
+    return nodes
+
+
+def _padded_spec(seed: int = 3) -> netspec.NetSpec:
+    """Conv -> Relu -> Pad [0,0 | 1,1] (TF "same" for k3 s2 on 8x8) -> Conv s2 -> Relu -> view -> Gemm."""
+    b = netspec.NetBuilder((3, 8, 8), seed=seed)
+    h = b.relu(b.conv("input", 4, kernel=3, pads=1, name="conv1"), name="relu1")
+    h = b.pad(h, [0, 0, 1, 1], name="same_pad")
+    h = b.relu(b.conv(h, 5, kernel=3, stride=2, name="conv2"), name="relu2")
+    h = b.reshape(h, [0, -1], name="view")
+    b.gemm(h, 4, name="fc", focus=0.5)
+    return b.build()
+
+
+def _idiom_model(spec: netspec.NetSpec, idiom: str) -> onnx.ModelProto:
+    """The spec's ONNX model with its constant pads and view target computed at run time."""
+    model = onnx_builder.build_model(spec)
+    graph = model.graph
+    pad = next(n for n in graph.node if n.name == "same_pad")
+    if idiom == "tf_same":
+        nodes, pads = _tf_same_pads(graph, pad.input[0], kernel=3, stride=2)
+    else:
+        nodes, pads = _torch_fpad_pads(graph, pad.input[0], [0, 1, 0, 1])
+    _insert_before(graph, pad, nodes)
+    pad.input[1] = pads
+    reshape = next(n for n in graph.node if n.name == "view")
+    _insert_before(graph, reshape, _batch_view(graph, reshape))
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("idiom", ["tf_same", "torch_fpad"])
+@pytest.mark.parametrize("method,composite", [("lrp", "epsilon"), ("sglrp", "dtd"), ("clrp", "epsilon-plus-flat")])
+def test_computed_padding_is_folded(idiom, method, composite):
+    spec = _padded_spec()
+    model = _idiom_model(spec, idiom)
+    twin = onnx_builder.build_model(spec)
+    options = dict(method=method, composite=composite, low=0.0, high=1.0)
+    converted = sglrp_onnx.convert(model, **options)
+    # the shipped forward is the original's: the shape subgraph is still there, node for node
+    forward_nodes = [n for n in converted.graph.node if not n.name.startswith("sglrp/")]
+    assert [n.SerializeToString() for n in forward_nodes] == [n.SerializeToString() for n in model.graph.node]
+    twin_converted = sglrp_onnx.convert(twin, **options)
+    for batch in (1, 3):  # the batch stays dynamic
+        x = netspec.input_array(spec, batch, seed=batch)
+        target = np.arange(batch) % 4
+        got = _relevance(converted, x, target)
+        reference = lrp64.explain(spec, x, target, method=method, composite=composite, low=0.0, high=1.0).relevance
+        assert np.abs(reference).max() > 0
+        np.testing.assert_allclose(got, reference, rtol=0, atol=RTOL * np.abs(reference).max())
+        np.testing.assert_allclose(got, _relevance(twin_converted, x, target), rtol=0, atol=1e-6 * np.abs(reference).max())
+        original = _session(model).run(None, {"input": x})[0]
+        assert np.array_equal(_session(converted).run([model.graph.output[0].name], {"input": x, "target": target})[0], original)
+
+
+def test_folding_keeps_the_batch_dynamic():
+    """The view target holds the batch size: folded with one batch size it would break every
+    other batch; it becomes ``[0, -1]`` (copy dimension 0), which means the same at any batch."""
+    from sglrp_onnx.convert import canonical_graph
+
+    model = _idiom_model(_padded_spec(), "tf_same")
+    graph = canonical_graph(model)
+    assert np.array_equal(graph.constants["tf_pads"], [0, 0, 0, 0, 0, 0, 1, 1])
+    assert graph.shape("view") == (None, 80)  # its target became "copy dimension 0, then -1"
+    assert np.array_equal(graph.constants["bv_target"], [0, -1])
+
+
+# -- a torch module with computed padding, both exporters --------------------------------------
+
+
+def _torch_export(module, example, dynamo: bool) -> onnx.ModelProto:
+    import io
+
+    import torch
+
+    if dynamo:
+        program = torch.onnx.export(module, (example,), dynamo=True, input_names=["input"], output_names=["output"],
+                                     dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=64)}}, verbose=False)
+        return program.model_proto
+    buffer = io.BytesIO()
+    torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17, input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _same_padding_net(static: bool):
+    """timm's ``pad_same`` before a stride-2 conv: the amounts come from ``x.shape`` (computed,
+    written as Shape/Gather arithmetic and the F.pad idiom) or are written as numbers (the twin)."""
+    import math
+
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(5)
+            self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+            self.conv2 = nn.Conv2d(4, 6, 3, stride=2)
+            self.fc = nn.Linear(6 * 5 * 5, 5)
+
+        def forward(self, x):
+            x = torch.relu(self.conv1(x))
+            if static:
+                x = F.pad(x, [0, 1, 0, 1])
+            else:
+                height, width = x.shape[-2:]
+                pad_h = max((math.ceil(height / 2) - 1) * 2 + 3 - height, 0)
+                pad_w = max((math.ceil(width / 2) - 1) * 2 + 3 - width, 0)
+                x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+            x = torch.relu(self.conv2(x))
+            return self.fc(x.view(x.size(0), -1))
+
+    return Net().eval()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_torch_computed_padding_equals_static_twin(dynamo):
+    torch = pytest.importorskip("torch")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    example = torch.rand(2, 3, 10, 10)
+    model = _torch_export(_same_padding_net(static=False), example, dynamo)
+    twin = _torch_export(_same_padding_net(static=True), example, dynamo)
+    if not dynamo:  # the TorchScript exporter writes the computed padding as a shape subgraph
+        assert {"Shape", "ConstantOfShape"} <= {n.op_type for n in model.graph.node}
+    options = dict(method="sglrp", composite="epsilon-gamma-box", low=0.0, high=1.0)
+    converted, twin_converted = sglrp_onnx.convert(model, **options), sglrp_onnx.convert(twin, **options)
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).uniform(0, 1, (batch, 3, 10, 10)).astype(np.float32)
+        target = np.arange(batch) % 5
+        expected = _relevance(twin_converted, x, target)
+        assert np.abs(expected).max() > 0
+        np.testing.assert_allclose(_relevance(converted, x, target), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+        with torch.no_grad():
+            original = _same_padding_net(static=False)(torch.from_numpy(x)).numpy()
+        got = _session(converted).run(["output"], {"input": x, "target": target})[0]
+        np.testing.assert_allclose(got, original, rtol=0, atol=1e-5 * np.abs(original).max())

@@ -266,3 +266,110 @@ def test_torch_computed_padding_equals_static_twin(dynamo):
             original = _same_padding_net(static=False)(torch.from_numpy(x)).numpy()
         got = _session(converted).run(["output"], {"input": x, "target": target})[0]
         np.testing.assert_allclose(got, original, rtol=0, atol=1e-5 * np.abs(original).max())
+
+
+# -- a final Softmax behind shape-only ops, -1 dimensions ---------------------------------------
+
+
+def _dense_spec() -> netspec.NetSpec:
+    b = netspec.NetBuilder((3, 6, 6), seed=11)
+    h = b.relu(b.conv("input", 4, kernel=3, stride=2, pads=1, name="c1"))
+    b.gemm(b.flatten(h), 4, name="head", focus=0.5)
+    return b.build()
+
+
+def _fcn_spec() -> netspec.NetSpec:
+    b = netspec.NetBuilder((3, 6, 6), seed=12)
+    h = b.relu(b.conv("input", 6, kernel=3, pads=1, name="c1"))
+    b.gap(b.conv(h, 5, kernel=1, name="cls"), name="scores")
+    return b.build()
+
+
+def _ending(model: onnx.ModelProto, ending: str) -> onnx.ModelProto:
+    """Append a final Softmax behind shape-only ops to the spec's model, whose output is the
+    class scores; the new output is ``probabilities``, with ``-1`` batch dimensions (Paddle)."""
+    graph = model.graph
+    scores = graph.output[0].name
+    rank = len(graph.output[0].type.tensor_type.shape.dim)
+    if ending == "converter":  # what onnx's version converter writes for a Softmax of opset < 13
+        nodes = [helper.make_node("Shape", [scores], ["sm_shape"], name="sm_shape"),
+                 helper.make_node("Flatten", [scores], ["sm_flat"], name="sm_flat", axis=1),
+                 helper.make_node("Softmax", ["sm_flat"], ["sm_soft"], name="sm_soft", axis=-1),
+                 helper.make_node("Reshape", ["sm_soft", "sm_shape"], ["probabilities"], name="sm_back")]
+    elif ending == "paddle":  # Softmax, then an Identity to the output
+        nodes = [helper.make_node("Softmax", [scores], ["sm_soft"], name="sm_soft", axis=1),
+                 helper.make_node("Identity", ["sm_soft"], ["probabilities"], name="sm_identity")]
+    else:  # "squeeze": scores squeezed or reshaped to [N, K], Softmax, Identity
+        if rank == 4:
+            first = helper.make_node("Squeeze", [scores, _int64(graph, "sm_axes", [2, 3])], ["sm_2d"], name="sm_2d")
+        else:
+            first = helper.make_node("Reshape", [scores, _int64(graph, "sm_target", [0, -1])], ["sm_2d"], name="sm_2d")
+        nodes = [first, helper.make_node("Softmax", ["sm_2d"], ["sm_soft"], name="sm_soft", axis=-1),
+                 helper.make_node("Identity", ["sm_soft"], ["probabilities"], name="sm_identity")]
+    graph.node.extend(nodes)
+    output = onnx.ValueInfoProto()
+    output.CopyFrom(graph.output[0])
+    output.name = "probabilities"
+    if ending == "squeeze":
+        del output.type.tensor_type.shape.dim[2:]
+    del graph.output[:]
+    graph.output.append(output)
+    for value in (graph.input[0], graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = -1  # Paddle's dynamic dimension
+    return model
+
+
+@pytest.mark.parametrize("head", ["dense", "fcn"])
+@pytest.mark.parametrize("ending", ["converter", "paddle", "squeeze"])
+def test_final_softmax_behind_shape_only_ops(head, ending):
+    spec = _dense_spec() if head == "dense" else _fcn_spec()
+    model = _ending(onnx_builder.build_model(spec), ending)
+    converted = sglrp_onnx.convert(model, method="sglrp", composite="epsilon-plus", low=0.0, high=1.0)
+    assert sglrp_onnx.metadata.read(converted)["sglrp_onnx.logits_tensor"] == spec.output
+    x = netspec.input_array(spec, 3)
+    target = np.array([-1, 0, 2])
+    session = _session(converted)
+    probabilities, logits, relevance = session.run(["probabilities", "logits", "relevance"], {"input": x, "target": target})
+    reference = lrp64.explain(spec, x, target, method="sglrp", composite="epsilon-plus", low=0.0, high=1.0)
+    np.testing.assert_allclose(logits, reference.logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(relevance, reference.relevance, rtol=0, atol=RTOL * np.abs(reference.relevance).max())
+    assert np.array_equal(probabilities, _session(model).run(None, {"input": x})[0])
+
+
+def test_old_opset_4d_softmax_through_the_version_converter():
+    """The old SqueezeNet zoo graphs: opset < 13, Softmax(axis=1) on [N, K, 1, 1] scores. Raising
+    the opset, onnx's version converter wraps it into Flatten -> Softmax -> Reshape."""
+    spec = _fcn_spec()
+    model = onnx_builder.build_model(spec)
+    model.graph.node.append(helper.make_node("Softmax", [spec.output], ["probabilities"], name="prob", axis=1))
+    model.graph.output[0].name = "probabilities"
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("", 11))
+    model.ir_version = 6
+    onnx.checker.check_model(model, full_check=True)
+    converted = sglrp_onnx.convert(model, method="lrp", composite="epsilon")
+    assert "Flatten" in {n.op_type for n in converted.graph.node}  # the converter's wrapping is there
+    x = netspec.input_array(spec, 2)
+    relevance = _relevance(converted, x, np.array([1, 3]))
+    reference = lrp64.explain(spec, x, np.array([1, 3]), method="lrp", composite="epsilon").relevance
+    np.testing.assert_allclose(relevance, reference, rtol=0, atol=RTOL * np.abs(reference).max())
+
+
+PADDLE_CLS = DATA / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+
+
+def test_paddle_text_direction_classifier_converts():
+    """The real file (rapidocr-onnxruntime 1.4.4, Apache-2.0): opset 11, ``-1`` batch dims, a
+    Softmax behind an Identity (and, after the opset is raised, inside Flatten/Reshape)."""
+    model = onnx.load(PADDLE_CLS)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == -1
+    converted = sglrp_onnx.convert(model, method="sglrp", low=-1.0, high=1.0)
+    assert sglrp_onnx.metadata.read(converted)["sglrp_onnx.logits_tensor"] == "linear_1.tmp_1"
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 48, 192)).astype(np.float32)
+    original = _session(model).run(None, {"x": x})[0]
+    outputs = _session(converted).run(None, {"x": x, "target": np.array([-1, 1])})
+    probabilities, logits, relevance = outputs[0], outputs[1], outputs[3]
+    assert np.array_equal(probabilities, original)
+    softmax = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(softmax / softmax.sum(1, keepdims=True), original, rtol=1e-5, atol=1e-6)
+    assert relevance.shape == x.shape and np.isfinite(relevance).all() and np.abs(relevance).max() > 0

@@ -147,7 +147,58 @@ def _raise_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     return converted, needed
 
 
+#: Ops that preprocessing may put between the image and the Transpose to NCHW (Keras Rescaling
+#: and Normalization layers, casts, padding): they keep the layout.
+PREPROCESSING = ("Add", "Sub", "Mul", "Div", "Cast", "Identity", "Dropout", "Pad", "Clip", "Sqrt", "Neg")
+#: Ops whose channel axis is axis 1 (ONNX's layout): a sign that the tensor they read is NCHW.
+READS_NCHW = ("Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "MaxPool", "AveragePool",
+              "GlobalAveragePool", "GlobalMaxPool", "LRN")
+
+
+def _per_channel_axis(graph: Graph, node, rank: int) -> int | None:
+    """The one axis along which a constant operand of ``node`` varies (normalisation by channel
+    mean and std), counted in the computed operand's rank; None if none or several."""
+    for name in node.inputs[:2]:
+        if not name or not graph.is_const(name):
+            continue
+        shape = (1,) * (rank - graph.constants[name].ndim) + tuple(graph.constants[name].shape)
+        varying = [axis for axis, size in enumerate(shape) if size > 1]
+        if len(varying) == 1:
+            return varying[0]
+    return None
+
+
+def _layout_in_graph(graph: Graph, rank: int) -> bool | None:
+    """True for NHWC, False for NCHW, None if the graph does not say: follows the image through
+    preprocessing to the first node that tells (a Transpose to channels-first, an op that reads
+    channels on axis 1, a per-channel constant)."""
+    consumers = graph.consumers()
+    to_channels_first = [0, rank - 1, *range(1, rank - 1)]
+    frontier, seen = [graph.image], {graph.image}
+    while frontier:
+        tensor = frontier.pop(0)
+        for node in consumers.get(tensor, []):
+            if node.op_type == "Transpose":
+                if list(node.attrs.get("perm", [])) == to_channels_first:
+                    return True
+                continue
+            if node.op_type in READS_NCHW and node.inputs[0] == tensor:
+                return False
+            if node.op_type not in PREPROCESSING:
+                continue
+            axis = _per_channel_axis(graph, node, rank) if node.op_type in ("Add", "Sub", "Mul", "Div") else None
+            if axis in (1, rank - 1) and rank > 2:
+                return axis == rank - 1
+            for out in node.outputs:
+                if out and out not in seen and not graph.is_const(out):
+                    seen.add(out)
+                    frontier.append(out)
+    return None
+
+
 def _layout(graph: Graph, requested: str | None) -> tuple[str, int]:
+    """The image's layout: as requested, else as the graph says (SPEC section 5), else NHWC for
+    an image whose last axis is 1 or 3 while axis 1 is neither, else NCHW."""
     shape = graph.shape(graph.image)
     rank = len(shape) if shape is not None else 4
     first, last = LAYOUTS.get(rank, ("NC" + "X" * (rank - 2), "N" + "X" * (rank - 2) + "C"))
@@ -155,11 +206,10 @@ def _layout(graph: Graph, requested: str | None) -> tuple[str, int]:
         if requested not in (first, last):
             raise UsageError(f"layout '{requested}' does not fit the image input of rank {rank} (use {first} or {last})")
         return requested, 1 if requested == first else rank - 1
-    consumers = graph.consumers()
-    for node in consumers.get(graph.image, []):
-        if node.op_type == "Transpose" and list(node.attrs.get("perm", [])) == [0, rank - 1, *range(1, rank - 1)]:
-            return last, rank - 1
-    return first, 1
+    channels_last = _layout_in_graph(graph, rank) if rank > 2 else False
+    if channels_last is None:
+        channels_last = shape is not None and rank > 2 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
+    return (last, rank - 1) if channels_last else (first, 1)
 
 
 def _own_bounds(graph: Graph, node, rule: LinearRule):

@@ -373,3 +373,68 @@ def test_paddle_text_direction_classifier_converts():
     softmax = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(softmax / softmax.sum(1, keepdims=True), original, rtol=1e-5, atol=1e-6)
     assert relevance.shape == x.shape and np.isfinite(relevance).all() and np.abs(relevance).max() > 0
+
+
+# -- layout behind in-graph preprocessing --------------------------------------------------------
+
+
+def _keras_spec(normalise: bool) -> netspec.NetSpec:
+    """A Keras application as tf2onnx writes it: NHWC image, Rescaling (Mul, Add by scalars) and
+    optionally Normalization (per-channel Sub, Div broadcast on the last axis), then the
+    Transpose to NCHW."""
+    b = netspec.NetBuilder((9, 9, 3), layout="NHWC", seed=21)
+    h = b.affine("input", "Mul", np.float32(1 / 127.5), name="rescale_mul")
+    h = b.affine(h, "Add", np.float32(-1.0), name="rescale_add")
+    if normalise:
+        h = b.affine(h, "Sub", np.array([0.1, -0.2, 0.05], np.float32), name="norm_sub")
+        h = b.affine(h, "Div", np.array([0.9, 1.1, 0.8], np.float32), name="norm_div")
+    h = b.transpose(h, [0, 3, 1, 2], name="to_nchw")
+    h = b.relu(b.conv(h, 5, kernel=3, pads=1, name="c1"))
+    b.gemm(b.flatten(b.gap(h)), 4, name="head")
+    return b.build()
+
+
+@pytest.mark.parametrize("normalise", [False, True])
+def test_nhwc_found_behind_preprocessing(normalise):
+    spec = _keras_spec(normalise)
+    model = onnx_builder.build_model(spec)
+    low, high = [0.0, 0.0, 0.0], [255.0, 200.0, 255.0]  # per channel: only right on the last axis
+    converted = sglrp_onnx.convert(model, method="lrp", composite="epsilon-gamma-box", low=low, high=high)
+    assert sglrp_onnx.metadata.read(converted)["sglrp_onnx.layout"] == "NHWC"
+    x = np.random.default_rng(3).uniform(0, 200, (2, 9, 9, 3)).astype(np.float32)
+    target = np.array([0, 3])
+    reference = lrp64.explain(spec, x, target, method="lrp", composite="epsilon-gamma-box", low=low, high=high).relevance
+    np.testing.assert_allclose(_relevance(converted, x, target), reference, rtol=0, atol=RTOL * np.abs(reference).max())
+
+
+def _head_only_model(shape: list, first: str) -> onnx.ModelProto:
+    """An image of ``shape`` read by ``first`` (Flatten -> Gemm, or a Conv on axis 1)."""
+    rng = np.random.default_rng(0)
+    inits = []
+    if first == "Conv":
+        nodes = [helper.make_node("Conv", ["image", "w"], ["c"], name="conv", kernel_shape=[1, 1]),
+                 helper.make_node("Flatten", ["c"], ["f"], name="flat")]
+        inits.append(numpy_helper.from_array(rng.normal(size=(2, shape[1], 1, 1)).astype(np.float32), "w"))
+        features = 2 * shape[2] * shape[3]
+    else:
+        nodes = [helper.make_node("Flatten", ["image"], ["f"], name="flat")]
+        features = int(np.prod(shape[1:]))
+    nodes.append(helper.make_node("Gemm", ["f", "fc"], ["scores"], name="fc", transB=1))
+    inits.append(numpy_helper.from_array(rng.normal(size=(3, features)).astype(np.float32), "fc"))
+    graph = helper.make_graph(nodes, "layout", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", *shape[1:]])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("shape,first,layout", [
+    ([1, 28, 28, 1], "Flatten", "NHWC"),   # MNIST-like NHWC: last axis 1, axis 1 is 28
+    ([1, 32, 32, 3], "Flatten", "NHWC"),   # last axis 3, axis 1 neither 1 nor 3
+    ([1, 3, 32, 32], "Flatten", "NCHW"),
+    ([1, 3, 8, 3], "Flatten", "NCHW"),     # axis 1 is 3 too: NCHW stays the default
+    ([1, 8, 8, 3], "Conv", "NCHW"),        # the graph says otherwise: a Conv reads 8 channels on axis 1
+])
+def test_layout_from_the_image_shape_unless_the_graph_says(shape, first, layout):
+    converted = sglrp_onnx.convert(_head_only_model(shape, first), method="lrp", composite="epsilon")
+    assert sglrp_onnx.metadata.read(converted)["sglrp_onnx.layout"] == layout

@@ -9,6 +9,7 @@ relevance must be the reference's, and equal to that of the twin with constant p
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -438,3 +439,47 @@ def _head_only_model(shape: list, first: str) -> onnx.ModelProto:
 def test_layout_from_the_image_shape_unless_the_graph_says(shape, first, layout):
     converted = sglrp_onnx.convert(_head_only_model(shape, first), method="lrp", composite="epsilon")
     assert sglrp_onnx.metadata.read(converted)["sglrp_onnx.layout"] == layout
+
+
+# -- zbox bounds through a space-to-depth stem ---------------------------------------------------
+
+
+def _space_to_depth_spec() -> netspec.NetSpec:
+    """TResNet's stem: view(N, C, H/2, 2, W/2, 2), permute(0, 3, 5, 1, 2, 4), view(N, 4C, H/2, W/2)."""
+    b = netspec.NetBuilder((3, 8, 8), seed=31)
+    h = b.reshape("input", [0, 3, 4, 2, 4, 2], name="s2d_split")
+    h = b.transpose(h, [0, 3, 5, 1, 2, 4], name="s2d_move")
+    h = b.reshape(h, [0, 12, 4, 4], name="s2d_merge")
+    h = b.relu(b.conv(h, 6, kernel=3, pads=1, name="c1"))
+    b.gemm(b.flatten(b.gap(h)), 4, name="head")
+    return b.build()
+
+
+def _shape_read_targets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Both view targets computed as TResNet's export writes them: N from ``Shape(image)``."""
+    graph = model.graph
+    nodes = [helper.make_node("Shape", ["input"], ["s2d_shape"], name="s2d_shape"),
+             helper.make_node("Gather", ["s2d_shape", _int64(graph, "s2d_zero", [0])], ["s2d_n"], name="s2d_n", axis=0)]
+    for name, rest in (("s2d_split", [3, 4, 2, 4, 2]), ("s2d_merge", [12, 4, 4])):
+        nodes.append(helper.make_node("Concat", ["s2d_n", _int64(graph, f"{name}_rest", rest)], [f"{name}_target"], name=f"{name}_target", axis=0))
+        next(n for n in graph.node if n.name == name).input[1] = f"{name}_target"
+    _insert_before(graph, graph.node[0], nodes)
+    return model
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "targets-computed"])
+def test_zbox_bounds_through_space_to_depth_stem(fold, monkeypatch):
+    """Bounds go through the Reshape/Transpose/Reshape stem and never into the targets computed
+    from ``Shape(image)``; also where those targets stay computed (folding switched off)."""
+    convert_module = importlib.import_module("sglrp_onnx.convert")  # the package's ``convert`` is the function
+    if not fold:
+        monkeypatch.setattr(convert_module, "fold_shape_computations", lambda model: model)
+    spec = _space_to_depth_spec()
+    model = _shape_read_targets(onnx_builder.build_model(spec))
+    low, high = [0.0, -0.5, 0.1], [1.0, 0.5, 0.9]
+    converted = sglrp_onnx.convert(model, method="sglrp", composite="dtd", low=low, high=high)
+    x = netspec.input_array(spec, 2)
+    x = np.clip(x, np.array(low).reshape(1, 3, 1, 1), np.array(high).reshape(1, 3, 1, 1)).astype(np.float32)
+    target = np.array([2, -1])
+    reference = lrp64.explain(spec, x, target, method="sglrp", composite="dtd", low=low, high=high).relevance
+    np.testing.assert_allclose(_relevance(converted, x, target), reference, rtol=0, atol=RTOL * np.abs(reference).max())

@@ -23,7 +23,7 @@ from sglrp_onnx.canonicalize import canonicalize, fold_model_constants, fold_pad
 from sglrp_onnx.composites import assign_rules
 from sglrp_onnx.emit.builder import PREFIX, Context, Emitter
 from sglrp_onnx.emit.methods import CONTRASTS, DEFAULT_CONTRAST, METHODS, combine_scaled, initial_relevance
-from sglrp_onnx.emit.relevance import emit_relevance, nonnegative_tensors
+from sglrp_onnx.emit.relevance import blocking_nodes, emit_relevance, nonnegative_tensors
 from sglrp_onnx.errors import InternalError, RuleError, SglrpError, UnsupportedModelError, UsageError
 from sglrp_onnx.graph import Graph, from_onnx, infer_shapes, main_opset
 from sglrp_onnx.io import load_model, save_model
@@ -241,6 +241,14 @@ def _zbox_bounds(graph: Graph, rules: dict, low: Any, high: Any, channel_axis: i
     return result
 
 
+def _raise_if_blocked(graph: Graph, rules: dict) -> None:
+    """Raise for the first node whose relevance cannot be emitted (naming how many more there are)."""
+    blocked = blocking_nodes(graph, rules)
+    if blocked:
+        more = f" (and {len(blocked) - 1} more blocking node(s): 'sglrp-onnx inspect' lists them all)" if len(blocked) > 1 else ""
+        raise UnsupportedModelError(blocked[0][1] + more)
+
+
 def canonical_graph(model: onnx.ModelProto, image_input: str | None = None) -> Graph:
     """The canonical graph of ``model`` (constants and shape computations folded on a copy, shapes
     inferred, rewritten)."""
@@ -364,7 +372,11 @@ def _convert(
     defaults = {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma}
     assigned = assign_rules(graph, composite, defaults, rules)
     fold_pad_into_conv(graph, lambda conv: _reads_own_input(assigned.get(conv.name)))
-    bounds = _zbox_bounds(graph, assigned, low, high, channel_axis)
+    try:
+        bounds = _zbox_bounds(graph, assigned, low, high, channel_axis)
+    except RuleError:
+        _raise_if_blocked(graph, assigned)  # the real cause first: an op the engine cannot explain
+        raise
 
     logits_shape = graph.shape(graph.logits)
     classes = int(logits_shape[1])
@@ -395,7 +407,11 @@ def _convert(
     relevance = start.relevance
     if len(logits_shape) == 4:
         relevance = emitter.op("Reshape", [relevance, emitter.const([-1, classes, 1, 1])], "initial4d")
-    relevance = emit_relevance(context, relevance)
+    try:
+        relevance = emit_relevance(context, relevance)
+    except UnsupportedModelError:
+        _raise_if_blocked(graph, assigned)  # the same first node, and how many more there are
+        raise
     if passes == 2:
         relevance = combine_scaled(context, relevance, graph.image)
     if positive:

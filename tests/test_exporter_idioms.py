@@ -483,3 +483,101 @@ def test_zbox_bounds_through_space_to_depth_stem(fold, monkeypatch):
     target = np.array([2, -1])
     reference = lrp64.explain(spec, x, target, method="sglrp", composite="dtd", low=low, high=high).relevance
     np.testing.assert_allclose(_relevance(converted, x, target), reference, rtol=0, atol=RTOL * np.abs(reference).max())
+
+
+# -- messages: the real cause first, every blocker listed, unknown dimensions as ? ---------------
+
+
+def _blocked_spec() -> netspec.NetSpec:
+    b = netspec.NetBuilder((3, 8, 8), seed=41)
+    h = b.relu(b.conv("input", 4, kernel=3, pads=1, name="c1"), name="r1")
+    h = b.relu(b.conv(h, 4, kernel=3, pads=1, name="c2"), name="r2")
+    b.gemm(b.flatten(b.gap(h)), 3, name="head")
+    return b.build()
+
+
+def _with_unsupported(model: onnx.ModelProto, ops: dict[str, str]) -> onnx.ModelProto:
+    """Turn the named Relu nodes into the given op types (Sin, Cos: no relevance rule)."""
+    for node in model.graph.node:
+        if node.name in ops:
+            node.op_type = ops[node.name]
+    return model
+
+
+def _stem_pad_model() -> onnx.ModelProto:
+    """tf_efficientnet's stem: the image padded by amounts computed from its (dynamic) size, the
+    first conv behind; nothing can fold these pads."""
+    b = netspec.NetBuilder((3, 8, 8), seed=42)
+    h = b.pad("input", [0, 0, 1, 1], name="same_pad")
+    h = b.relu(b.conv(h, 4, kernel=3, stride=2, name="stem"))
+    b.gemm(b.flatten(b.gap(h)), 3, name="head")
+    model = onnx_builder.build_model(b.build(), dynamic_spatial=True)
+    graph = model.graph
+    pad = next(n for n in graph.node if n.name == "same_pad")
+    nodes, pads = _torch_fpad_pads(graph, "input", [0, 1, 0, 1])
+    _insert_before(graph, pad, nodes)
+    pad.input[1] = pads
+    return model
+
+
+def test_real_cause_first_unsupported_op_before_missing_bounds():
+    """dtd needs bounds; without them the error names the op that blocks conversion anyway."""
+    model = _with_unsupported(onnx_builder.build_model(_blocked_spec()), {"r2": "Sin"})
+    with pytest.raises(UnsupportedModelError) as caught:
+        sglrp_onnx.convert(model)  # default composite, no bounds
+    assert "'r2'" in str(caught.value) and "Sin" in str(caught.value)
+
+
+def test_real_cause_first_computed_padding_before_bounds():
+    """The issue's report: a zbox error on a Cast where the real cause was computed padding."""
+    with pytest.raises(UnsupportedModelError) as caught:
+        sglrp_onnx.convert(_stem_pad_model(), low=0.0, high=1.0)
+    message = str(caught.value)
+    assert "'same_pad'" in message and "computed at run time" in message and "Cast" not in message
+    assert "[?,3,?,?]" in message  # unknown dimensions as ?, not N
+
+
+def test_convert_names_the_first_blocker_and_counts_the_others():
+    model = _with_unsupported(onnx_builder.build_model(_blocked_spec()), {"r1": "Cos", "r2": "Sin"})
+    with pytest.raises(UnsupportedModelError) as caught:
+        sglrp_onnx.convert(model, method="lrp", composite="epsilon")
+    message = str(caught.value)
+    assert "'r2'" in message and "Sin" in message and "1 more blocking node" in message and "inspect" in message
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_inspect_lists_every_blocking_node(tmp_path, capsys, as_json):
+    from sglrp_onnx.cli import main
+
+    model = _with_unsupported(onnx_builder.build_model(_blocked_spec()), {"r1": "Cos", "r2": "Sin"})
+    path = tmp_path / "blocked.onnx"
+    onnx.save(model, path)
+    code = main(["inspect", str(path), "--composite", "epsilon", *(["--json"] if as_json else [])])
+    out = capsys.readouterr().out
+    assert code == UnsupportedModelError.exit_code
+    if as_json:
+        import json
+
+        info = json.loads(out)
+        assert {entry["name"] for entry in info["blocking"]} == {"r1", "r2"}
+        assert [n["name"] for n in info["nodes"]] == ["c1", "r1", "c2", "r2", "globalaveragepool0", "flatten0", "head"]
+        assert {n["name"]: n["rule"] for n in info["nodes"]}["r1"] == "BLOCKED"
+    else:
+        assert "2 blocking node(s)" in out
+        for needle in ("r1: ", "Cos", "r2: ", "Sin", "head", "c1"):  # the blockers and the rest
+            assert needle in out
+    # a model without blockers: exit code 0
+    ok = tmp_path / "ok.onnx"
+    onnx.save(onnx_builder.build_model(_blocked_spec()), ok)
+    assert main(["inspect", str(ok), "--composite", "epsilon"]) == 0
+    assert "blocking" not in capsys.readouterr().out
+
+
+def test_inspect_reports_computed_padding(tmp_path, capsys):
+    from sglrp_onnx.cli import main
+
+    path = tmp_path / "stem.onnx"
+    onnx.save(_stem_pad_model(), path)
+    assert main(["inspect", str(path)]) == UnsupportedModelError.exit_code
+    out = capsys.readouterr().out
+    assert "same_pad: " in out and "computed at run time" in out

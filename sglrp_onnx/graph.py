@@ -77,10 +77,11 @@ class Graph:
         return tuple(int(d) for d in shape)
 
     def shape_str(self, name: str) -> str:
+        """``[?,3,224,224]``: ``?`` for every dimension not known statically (batch or not)."""
         shape = self.shape(name)
         if shape is None:
             return "[?]"
-        return "[" + ",".join("N" if d is None else str(d) for d in shape) + "]"
+        return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
 
     def producers(self) -> dict[str, Node]:
         return {out: node for node in self.nodes for out in node.outputs if out}

@@ -1,7 +1,8 @@
 """Two exports of one computation must get one relevance: canonical forms checked against each other.
 
 - a standalone BatchNormalization and the same affine map written as ``Mul`` + ``Add`` by
-  constants (tf2onnx's form of Keras' BatchNorm) both get the epsilon rule of the map (SPEC
+  constants (tf2onnx's form of Keras' BatchNorm) or as ``Sub`` + ``Mul`` + ``Add`` (Caffe
+  conversions, yahoo's open_nsfw) all get the epsilon rule of the map (SPEC
   section 5); the image's own preprocessing (Mul + Add before any linear layer, Keras'
   Rescaling) keeps ``pass``.
 """
@@ -20,7 +21,7 @@ def _tensor(name, value):
     return numpy_helper.from_array(np.asarray(value, np.float32), name)
 
 
-def _net(standalone_bn: bool, rescaling: bool = False, seed: int = 3) -> onnx.ModelProto:
+def _net(standalone_bn: bool, rescaling: bool = False, seed: int = 3, centred: bool = False) -> onnx.ModelProto:
     """image -> [Mul/Add rescaling] -> Conv -> Relu -> (BatchNorm | Mul + Add) -> Conv -> GAP -> Flatten -> Gemm."""
     rng = np.random.default_rng(seed)
     scale, bias = rng.uniform(0.5, 1.5, C), rng.uniform(-0.3, 0.3, C)
@@ -38,6 +39,10 @@ def _net(standalone_bn: bool, rescaling: bool = False, seed: int = 3) -> onnx.Mo
     if standalone_bn:
         inits += [_tensor(n, v) for n, v in (("s", scale), ("b", bias), ("m", mean), ("v", var))]
         nodes.append(helper.make_node("BatchNormalization", ["a1", "s", "b", "m", "v"], ["n1"], epsilon=1e-5))
+    elif centred:  # (x - mean) * a + (B - 0): the form Caffe/TF conversions write
+        inits += [_tensor("mean", mean.reshape(C, 1, 1)), _tensor("slope", slope.reshape(C, 1, 1)), _tensor("beta", bias.reshape(C, 1, 1))]
+        nodes += [helper.make_node("Sub", ["a1", "mean"], ["d1"]), helper.make_node("Mul", ["d1", "slope"], ["m1"]),
+                  helper.make_node("Add", ["m1", "beta"], ["n1"])]
     else:
         inits += [_tensor("slope", slope.reshape(C, 1, 1)), _tensor("offset", offset.reshape(C, 1, 1))]
         nodes += [helper.make_node("Mul", ["a1", "slope"], ["m1"]), helper.make_node("Add", ["m1", "offset"], ["n1"])]
@@ -60,6 +65,8 @@ def test_batchnorm_as_mul_add_gets_the_batchnorm_rule():
         as_op, _ = _relevance(_net(True), **options)
         as_mul_add, converted = _relevance(_net(False), **options)
         np.testing.assert_allclose(as_mul_add, as_op, rtol=1e-4, atol=1e-5 * np.abs(as_op).max())
+        as_sub_mul_add, _ = _relevance(_net(False, centred=True), **options)
+        np.testing.assert_allclose(as_sub_mul_add, as_op, rtol=1e-4, atol=1e-5 * np.abs(as_op).max())
         rules = {k: v for k, v in sglrp_onnx.metadata.read(converted).items() if k.endswith("layer_rules")}
         assert '"rule": "zero"' in next(iter(rules.values()))
     # the same map given `pass` differs: the test above can tell the two rules apart

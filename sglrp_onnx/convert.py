@@ -23,7 +23,7 @@ from sglrp_onnx.canonicalize import canonicalize, fold_model_constants, fold_pad
 from sglrp_onnx.composites import assign_rules
 from sglrp_onnx.emit.builder import PREFIX, Context, Emitter
 from sglrp_onnx.emit.methods import CONTRASTS, DEFAULT_CONTRAST, METHODS, combine_scaled, initial_relevance
-from sglrp_onnx.emit.relevance import emit_relevance, nonnegative_tensors
+from sglrp_onnx.emit.relevance import emit_relevance, moves_batch_axis, nonnegative_tensors
 from sglrp_onnx.errors import InternalError, RuleError, SglrpError, UnsupportedModelError, UsageError
 from sglrp_onnx.graph import Graph, from_onnx, infer_shapes, main_opset
 from sglrp_onnx.io import load_model, save_model
@@ -36,6 +36,9 @@ MIN_OPSET = 13
 SCATTER_OPSET = 16
 OLDEST_OPSET = 7
 QUANTISED_OPS = ("QLinearConv", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
+#: Rules for attention weights (SPEC section 7): CP-LRP holds them constant; AttnLRP propagates
+#: through them (uniform rule on the products, its own Softmax rule).
+ATTENTION_RULES = ("cp", "attnlrp")
 LAYOUTS = {4: ("NCHW", "NHWC"), 3: ("NCW", "NWC"), 5: ("NCDHW", "NDHWC"), 2: ("NC", "NC")}
 
 
@@ -56,7 +59,16 @@ def _check_options(method: str, contrast: str | None, numbers: dict[str, float])
 
 
 def load_rule_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read per-node rule overrides from a JSON or YAML file (a mapping key -> rule)."""
+    """Read per-node rule overrides from a JSON or YAML file (a mapping key -> rule), or from
+    inline JSON (a string that starts with ``{``, e.g. ``'{"Add": "epsilon"}'``)."""
+    if isinstance(path, str) and path.lstrip().startswith("{"):
+        try:
+            data = json.loads(path)
+        except ValueError as error:
+            raise RuleError(f"--rules: not valid inline JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise RuleError("--rules: inline JSON must be an object of node name / glob / op type -> rule")
+        return data
     path = Path(path)
     try:
         text = path.read_text()
@@ -250,7 +262,8 @@ def convert(
     rule's), ``stabilizer`` (every other rule's), ``gamma``, ``rules`` (per-node overrides: a
     mapping, or the path of a JSON/YAML rule file), ``image_input`` (with several float inputs),
     ``preset`` (preprocessing preset; sets the bounds unless given), ``layout`` (NCHW/NHWC; detected
-    when None). Raises a :class:`sglrp_onnx.errors.SglrpError` subclass on bad input; errors about
+    when None), ``attention`` (``cp``: CP-LRP, attention weights as constants; ``attnlrp``:
+    AttnLRP's rules through them; SPEC section 7). Raises a :class:`sglrp_onnx.errors.SglrpError` subclass on bad input; errors about
     a model read from a file name that file.
     """
     try:
@@ -276,7 +289,10 @@ def _convert(
     image_input: str | None = None,
     preset: str | None = None,
     layout: str | None = None,
+    attention: str = "cp",
 ) -> onnx.ModelProto:
+    if attention not in ATTENTION_RULES:
+        raise UsageError(f"unknown attention rule '{attention}' (known: {', '.join(ATTENTION_RULES)})")
     contrast = _check_options(method, contrast, {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma})
     if preset is not None:
         get_preset(preset)  # an unknown name fails before any work
@@ -340,11 +356,22 @@ def _convert(
         logits_2d = emitter.op("Flatten", [logits_2d], "logits2d", axis=1)
     start = initial_relevance(emitter, logits_2d, names["target"], classes, method, contrast)
     passes = 2 if contrast == "scaled" else 1
-    context = Context(emitter, graph, assigned, bounds, passes, nonnegative_tensors(graph), widen=widen)
-    relevance = start.relevance
-    if len(logits_shape) == 4:
-        relevance = emitter.op("Reshape", [relevance, emitter.const([-1, classes, 1, 1])], "initial4d")
-    relevance = emit_relevance(context, relevance)
+    nonnegative = nonnegative_tensors(graph)
+
+    def propagate(initial: str, batch_passes: int) -> str:
+        context = Context(emitter, graph, assigned, bounds, batch_passes, nonnegative, widen=widen,
+                          stabilizer=stabilizer, attention=attention)
+        if len(logits_shape) == 4:
+            initial = emitter.op("Reshape", [initial, emitter.const([-1, classes, 1, 1])], "initial4d")
+        return emit_relevance(context, initial)
+
+    if passes == 2 and moves_batch_axis(graph):
+        # the forward cannot be tiled on axis 0: propagate the two halves one after the other
+        halves = [propagate(part, 1) for part in start.halves]
+        relevance = emitter.op("Concat", halves, "halves", axis=0)
+    else:
+        relevance = propagate(start.relevance, passes)
+    context = Context(emitter, graph, assigned, bounds, passes, nonnegative, widen=widen)
     if passes == 2:
         relevance = combine_scaled(context, relevance, graph.image)
     if positive:
@@ -364,6 +391,7 @@ def _convert(
         "epsilon": repr(float(epsilon)),
         "stabilizer": repr(float(stabilizer)),
         "gamma": repr(float(gamma)),
+        "attention": attention,
         "rules": rules or {},
         "low": np.asarray(low).tolist() if low is not None else None,
         "high": np.asarray(high).tolist() if high is not None else None,

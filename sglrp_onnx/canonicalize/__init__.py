@@ -8,7 +8,9 @@ Pipeline (each step one module, each leaves the forward's values unchanged):
 3. image input and logits found (:mod:`.find_io`);
 4. :func:`canonicalize_linear_layers` - Conv / Gemm / MatMul become canonical ``Conv`` / ``Dense``;
 5. :func:`fold_into_linear` - BatchNormalization and per-channel affine constants fold into them;
-6. nodes off the float path from the image to the logits are dropped.
+6. :func:`fuse_normalization` - LayerNorm / InstanceNorm / GroupNorm (ops and exporters'
+   decompositions) become one canonical ``Normalization`` with their trailing affine folded in;
+7. nodes off the float path from the image to the logits are dropped.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .find_io import ancestors, find_image_input, find_logits, float_path
 from .fold_constants import fold_model_constants
 from .fold_into_linear import fold_into_linear
 from .fold_pad import fold_pad_into_conv
+from .fuse_normalization import fuse_normalization
 from .linear_layers import canonicalize_linear_layers, resolve_conv_pads
 from .remove_noops import remove_noops
 
@@ -32,6 +35,7 @@ def canonicalize(graph: Graph, image_input: str | None = None) -> Graph:
     remove_noops(graph)
     canonicalize_linear_layers(graph, float_path(graph))
     fold_into_linear(graph)
+    fuse_normalization(graph)
     on_path = float_path(graph)
     needed = ancestors(graph, graph.logits)
     graph.nodes = [

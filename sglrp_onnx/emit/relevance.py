@@ -5,14 +5,15 @@ from __future__ import annotations
 from sglrp_onnx.errors import UnsupportedModelError
 from sglrp_onnx.graph import Graph
 
-from . import linear, pooling, structural  # noqa: F401  (they register their builders)
+from . import batchnorm, indexing, linear, normalization, pooling, products, resize, structural  # noqa: F401  (they register their builders)
 from .builder import Context
 from .registry import BACKWARD
 
 #: Ops whose output is >= 0 whatever the input, and ops that keep a non-negative input >= 0.
 NONNEGATIVE_OUTPUT = ("Relu", "Sigmoid", "Softmax", "Abs")
 KEEPS_SIGN = ("MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Squeeze",
-              "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Add", "Sum", "Mul")
+              "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Add", "Sum", "Mul", "Gather", "ReduceSum",
+              "Resize")
 
 
 def nonnegative_tensors(graph: Graph) -> set[str]:
@@ -41,6 +42,13 @@ def nonnegative_tensors(graph: Graph) -> set[str]:
         if ok:
             known.update(o for o in node.outputs if o)
     return known
+
+
+def moves_batch_axis(graph: Graph) -> bool:
+    """Whether the float path moves the batch axis away from axis 0 (torch's multi-head attention
+    works sequence-first). Relevance in two halves of one batch (the ``scaled`` contrast) then
+    cannot tile the forward tensors on axis 0: the two halves are propagated one after the other."""
+    return any(node.op_type == "Transpose" and list(node.attrs.get("perm", [1]))[:1] != [0] for node in graph.nodes)
 
 
 def emit_relevance(ctx: Context, start_relevance: str) -> str:

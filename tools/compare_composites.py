@@ -17,7 +17,7 @@ patterns is pasted at a random place on a noise background. That task has a know
 (the pattern's box), which random weights cannot have. Both are tiny: this is a sanity measurement,
 not a benchmark on real data.
 
-    PYTHONPATH=. python tools/compare_composites.py [--images 32] [--steps 1500] [--methods lrp,sglrp]
+    .venv/bin/python tools/compare_composites.py [--images 64] [--steps 1500] [--methods lrp,sglrp]
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ COMPOSITES = [
     (
         "epsilon, gamma 0.05 on Gemm/MatMul",
         {"composite": "epsilon", "rules": {"Add": "epsilon", "Gemm": DENSE_GAMMA, "MatMul": DENSE_GAMMA}},
+    ),
+    (
+        "same, AttnLRP attention rule",
+        {"composite": "epsilon", "attention": "attnlrp", "rules": {"Add": "epsilon", "Gemm": DENSE_GAMMA, "MatMul": DENSE_GAMMA}},
     ),
     (
         "epsilon, gamma 0.25 on Conv/Gemm/MatMul",
@@ -107,18 +111,25 @@ def relevance_for_all_classes(converted, images: np.ndarray, num_classes: int) -
     return relevance.sum(1).reshape(n, num_classes, *relevance.shape[2:]).astype(np.float64)
 
 
-def class_separation(maps: np.ndarray, top1: np.ndarray) -> float:
-    """Mean Pearson correlation between the top-1 class's map and every other class's map."""
-    correlations = []
+def mean_and_error(values) -> tuple[float, float]:
+    """Mean and standard error of the mean (over images)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def class_separation(maps: np.ndarray, top1: np.ndarray) -> tuple[float, float]:
+    """Pearson correlation between the top-1 class's map and each other class's map, averaged over
+    the other classes per image; mean and standard error over the images."""
+    per_image = []
     for image_maps, top in zip(maps, top1):
-        flat = image_maps.reshape(len(image_maps), -1)
-        matrix = np.corrcoef(flat)
-        correlations.extend(np.delete(matrix[top], top))
-    return float(np.nanmean(correlations))
+        matrix = np.corrcoef(image_maps.reshape(len(image_maps), -1))
+        per_image.append(np.nanmean(np.delete(matrix[top], top)))
+    return mean_and_error(per_image)
 
 
-def localisation(maps: np.ndarray, top1: np.ndarray, labels, boxes) -> float:
-    """Mean share of the top-1 class's positive relevance inside the pattern's box (correct images)."""
+def localisation(maps: np.ndarray, top1: np.ndarray, labels, boxes) -> tuple[float, float]:
+    """Share of the top-1 class's positive relevance inside the pattern's box, on the correctly
+    classified images; mean and standard error over them."""
     shares = []
     for image_maps, top, label, (row, col) in zip(maps, top1, labels, boxes):
         if top != label:
@@ -126,7 +137,7 @@ def localisation(maps: np.ndarray, top1: np.ndarray, labels, boxes) -> float:
         positive = np.clip(image_maps[top], 0, None)
         inside = positive[row : row + PATTERN, col : col + PATTERN].sum()
         shares.append(inside / max(positive.sum(), 1e-300))
-    return float(np.mean(shares)) if shares else float("nan")
+    return mean_and_error(shares)
 
 
 def measure(onnx_model, images, labels, boxes, methods, num_classes):
@@ -171,15 +182,16 @@ def print_table(title, results, methods, with_localisation):
             if isinstance(value, str):
                 cells.extend([value] + ([""] if with_localisation else []))
                 continue
-            cells.append(f"{value[0]:.3f}")
+            (separation, separation_error), located = value
+            cells.append(f"{separation:.3f} ± {separation_error:.3f}")
             if with_localisation:
-                cells.append(f"{100 * value[1]:.1f}%")
+                cells.append(f"{100 * located[0]:.1f}% ± {100 * located[1]:.1f}")
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1500, help="training steps of the synthetic task")
     parser.add_argument("--methods", default="lrp,sglrp")
     args = parser.parse_args(argv)
@@ -209,7 +221,8 @@ def main(argv=None) -> int:
     print_table(f"trained on the synthetic task ({args.steps} steps, test accuracy {100 * accuracy:.1f}%)",
                 measure(trained_onnx, images, labels, boxes, methods, num_classes), methods, True)
     print(f"\nseparation: mean correlation top-1 map vs other classes' maps (lower = more class-discriminative); "
-          f"in box: share of positive top-1 relevance inside the 8x8 pattern (chance {100 * PATTERN**2 / size**2:.2f}%).")
+          f"in box: share of positive top-1 relevance inside the 8x8 pattern (chance {100 * PATTERN**2 / size**2:.2f}%); "
+          f"± one standard error over the images.")
     return 0
 
 

@@ -23,13 +23,17 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                        help="how clrp/sglrp combine target and dual: signed (sglrp default) or scaled (clrp default); not for lrp")
     group.add_argument("--positive", action="store_true", help="clamp the final relevance at 0 (CLRP's max(0, .))")
     group.add_argument("--composite", choices=list(COMPOSITES), default="dtd", help="rule of each layer kind (default: dtd)")
-    group.add_argument("--rules", metavar="FILE", help="JSON or YAML file of per-node rule overrides (node name, glob or op type -> rule)")
+    group.add_argument("--rules", metavar="FILE|JSON",
+                       help="per-node rule overrides (node name, glob or op type -> rule): a JSON or YAML file, "
+                       "or inline JSON such as '{\"Add\": \"epsilon\"}'")
+    group.add_argument("--attention", choices=["cp", "attnlrp"], default="cp",
+                       help="rule for attention weights: cp (CP-LRP, held constant; default) or attnlrp (AttnLRP)")
     group.add_argument("--low", metavar="L", help="zbox lower input bound: one number, or one per channel (comma-separated)")
     group.add_argument("--high", metavar="H", help="zbox upper input bound: one number, or one per channel (comma-separated)")
     group.add_argument("--preset", help="preprocessing preset that sets the bounds (imagenet, caffe, tf, efficientnet-lite, raw)")
     group.add_argument("--epsilon", type=float, default=1e-6, help="epsilon of the epsilon rule (default 1e-6)")
     group.add_argument("--stabilizer", type=float, default=1e-6, help="stabiliser of every other rule (default 1e-6)")
-    group.add_argument("--gamma", type=float, default=0.25, help="gamma of the gamma rule (default 0.25)")
+    group.add_argument("--gamma", type=float, default=None, help="gamma of the gamma rule (default 0.25; 0.05 with --composite transformer)")
     group.add_argument("--input", dest="image_input", metavar="NAME", help="name of the image input when the model has several")
     group.add_argument("--layout", choices=["NCHW", "NHWC", "NCW", "NWC"], help="image layout (detected when omitted)")
 
@@ -49,6 +53,7 @@ def convert_kwargs(args: argparse.Namespace) -> dict:
         "gamma": args.gamma,
         "image_input": args.image_input,
         "layout": args.layout,
+        "attention": args.attention,
     }
 
 

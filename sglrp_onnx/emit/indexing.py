@@ -38,7 +38,7 @@ def backward_gather(ctx: Context, node: Node, relevance_out: list) -> list:
         raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Gather on the explained path needs constant indices")
     rank = ctx.rank(data)
     axis = int(node.attrs.get("axis", 0)) % rank
-    if axis == 0:
+    if axis == 0 and ctx.passes > 1:  # one pass: axis 0 may hold other things (torch's stacked q, k, v)
         raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Gather along the batch axis is not supported")
     size = _static_axis_size(ctx, node, data, axis)
     index = np.asarray(ctx.graph.constants[indices]).astype(np.int64)

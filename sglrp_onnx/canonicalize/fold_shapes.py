@@ -39,6 +39,9 @@ from onnx import helper, numpy_helper
 #: Ops whose outputs describe the shape of their input, not its values.
 SHAPE_READERS = ("Shape", "Size")
 
+#: Larger results are left computed (shape tensors are tiny; this bounds the copy's size).
+MAX_FOLDED_ELEMENTS = 1 << 24
+
 #: onnxslim passes that rewrite the graph; only its constant folding is wanted here.
 REWRITES = ("graph_fusion", "dead_node_elimination", "subexpression_elimination", "weight_tying")
 
@@ -63,7 +66,8 @@ def _shape_only_tensors(model: onnx.ModelProto) -> set[str]:
 
 
 def _slim_values(model: onnx.ModelProto, wanted: set[str]) -> dict[str, np.ndarray]:
-    """Values onnxslim's constant folding finds for the tensors named in ``wanted``."""
+    """The tensors of ``wanted`` that onnxslim's constant folding turns into constants, with
+    onnxslim's values (only their names and dtypes are used: the values are checked by a run)."""
     try:
         import onnxslim
     except ImportError:  # a core dependency; without it shape subgraphs simply stay computed
@@ -79,7 +83,8 @@ def _slim_values(model: onnx.ModelProto, wanted: set[str]) -> dict[str, np.ndarr
         logging.getLogger("onnxslim").setLevel(level)
     if not isinstance(slimmed, onnx.ModelProto):
         return {}
-    found = {t.name: numpy_helper.to_array(t) for t in slimmed.graph.initializer if t.name in wanted}
+    found = {t.name: numpy_helper.to_array(t) for t in slimmed.graph.initializer
+             if t.name in wanted and np.prod(t.dims, dtype=np.float64) <= MAX_FOLDED_ELEMENTS}
     for node in slimmed.graph.node:
         if node.op_type == "Constant" and node.output[0] in wanted and node.attribute and node.attribute[0].name == "value":
             found[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)

@@ -19,11 +19,11 @@ from onnx import checker, helper, version_converter
 
 from sglrp_onnx import metadata
 from sglrp_onnx.bounds import bounds_at_input, bounds_for_tensor, carry_bounds
-from sglrp_onnx.canonicalize import canonicalize, fold_model_constants, fold_pad_into_conv
-from sglrp_onnx.composites import assign_rules
+from sglrp_onnx.canonicalize import canonicalize, fold_model_constants, fold_pad_into_conv, fold_shape_computations
+from sglrp_onnx.composites import assign_rules, default_gamma
 from sglrp_onnx.emit.builder import PREFIX, Context, Emitter
 from sglrp_onnx.emit.methods import CONTRASTS, DEFAULT_CONTRAST, METHODS, combine_scaled, initial_relevance
-from sglrp_onnx.emit.relevance import emit_relevance, moves_batch_axis, nonnegative_tensors
+from sglrp_onnx.emit.relevance import blocking_nodes, emit_relevance, moves_batch_axis, nonnegative_tensors
 from sglrp_onnx.errors import InternalError, RuleError, SglrpError, UnsupportedModelError, UsageError
 from sglrp_onnx.graph import Graph, from_onnx, infer_shapes, main_opset
 from sglrp_onnx.io import load_model, save_model
@@ -159,7 +159,58 @@ def _raise_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     return converted, needed
 
 
+#: Ops that preprocessing may put between the image and the Transpose to NCHW (Keras Rescaling
+#: and Normalization layers, casts, padding): they keep the layout.
+PREPROCESSING = ("Add", "Sub", "Mul", "Div", "Cast", "Identity", "Dropout", "Pad", "Clip", "Sqrt", "Neg")
+#: Ops whose channel axis is axis 1 (ONNX's layout): a sign that the tensor they read is NCHW.
+READS_NCHW = ("Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "MaxPool", "AveragePool",
+              "GlobalAveragePool", "GlobalMaxPool", "LRN")
+
+
+def _per_channel_axis(graph: Graph, node, rank: int) -> int | None:
+    """The one axis along which a constant operand of ``node`` varies (normalisation by channel
+    mean and std), counted in the computed operand's rank; None if none or several."""
+    for name in node.inputs[:2]:
+        if not name or not graph.is_const(name):
+            continue
+        shape = (1,) * (rank - graph.constants[name].ndim) + tuple(graph.constants[name].shape)
+        varying = [axis for axis, size in enumerate(shape) if size > 1]
+        if len(varying) == 1:
+            return varying[0]
+    return None
+
+
+def _layout_in_graph(graph: Graph, rank: int) -> bool | None:
+    """True for NHWC, False for NCHW, None if the graph does not say: follows the image through
+    preprocessing to the first node that tells (a Transpose to channels-first, an op that reads
+    channels on axis 1, a per-channel constant)."""
+    consumers = graph.consumers()
+    to_channels_first = [0, rank - 1, *range(1, rank - 1)]
+    frontier, seen = [graph.image], {graph.image}
+    while frontier:
+        tensor = frontier.pop(0)
+        for node in consumers.get(tensor, []):
+            if node.op_type == "Transpose":
+                if list(node.attrs.get("perm", [])) == to_channels_first:
+                    return True
+                continue
+            if node.op_type in READS_NCHW and node.inputs[0] == tensor:
+                return False
+            if node.op_type not in PREPROCESSING:
+                continue
+            axis = _per_channel_axis(graph, node, rank) if node.op_type in ("Add", "Sub", "Mul", "Div") else None
+            if axis in (1, rank - 1) and rank > 2:
+                return axis == rank - 1
+            for out in node.outputs:
+                if out and out not in seen and not graph.is_const(out):
+                    seen.add(out)
+                    frontier.append(out)
+    return None
+
+
 def _layout(graph: Graph, requested: str | None) -> tuple[str, int]:
+    """The image's layout: as requested, else as the graph says (SPEC section 5), else NHWC for
+    an image whose last axis is 1 or 3 while axis 1 is neither, else NCHW."""
     shape = graph.shape(graph.image)
     rank = len(shape) if shape is not None else 4
     first, last = LAYOUTS.get(rank, ("NC" + "X" * (rank - 2), "N" + "X" * (rank - 2) + "C"))
@@ -167,11 +218,10 @@ def _layout(graph: Graph, requested: str | None) -> tuple[str, int]:
         if requested not in (first, last):
             raise UsageError(f"layout '{requested}' does not fit the image input of rank {rank} (use {first} or {last})")
         return requested, 1 if requested == first else rank - 1
-    consumers = graph.consumers()
-    for node in consumers.get(graph.image, []):
-        if node.op_type == "Transpose" and list(node.attrs.get("perm", [])) == [0, rank - 1, *range(1, rank - 1)]:
-            return last, rank - 1
-    return first, 1
+    channels_last = _layout_in_graph(graph, rank) if rank > 2 else False
+    if channels_last is None:
+        channels_last = shape is not None and rank > 2 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
+    return (last, rank - 1) if channels_last else (first, 1)
 
 
 def _own_bounds(graph: Graph, node, rule: LinearRule):
@@ -203,9 +253,18 @@ def _zbox_bounds(graph: Graph, rules: dict, low: Any, high: Any, channel_axis: i
     return result
 
 
+def _raise_if_blocked(graph: Graph, rules: dict) -> None:
+    """Raise for the first node whose relevance cannot be emitted (naming how many more there are)."""
+    blocked = blocking_nodes(graph, rules)
+    if blocked:
+        more = f" (and {len(blocked) - 1} more blocking node(s): 'sglrp-onnx inspect' lists them all)" if len(blocked) > 1 else ""
+        raise UnsupportedModelError(blocked[0][1] + more)
+
+
 def canonical_graph(model: onnx.ModelProto, image_input: str | None = None) -> Graph:
-    """The canonical graph of ``model`` (constants folded on a copy, shapes inferred, rewritten)."""
-    graph = from_onnx(infer_shapes(fold_model_constants(model)))
+    """The canonical graph of ``model`` (constants and shape computations folded on a copy, shapes
+    inferred, rewritten)."""
+    graph = from_onnx(infer_shapes(fold_shape_computations(fold_model_constants(model))))
     return canonicalize(graph, image_input)
 
 
@@ -259,7 +318,8 @@ def convert(
     Parameters follow SPEC sections 3-4: ``method`` (lrp, clrp, sglrp), ``contrast`` (signed,
     scaled; None = the method's default), ``positive`` (clamp at 0), ``composite``, zbox bounds
     ``low``/``high`` (one number or one per channel of the image input), ``epsilon`` (the epsilon
-    rule's), ``stabilizer`` (every other rule's), ``gamma``, ``rules`` (per-node overrides: a
+    rule's), ``stabilizer`` (every other rule's), ``gamma`` (None: 0.25, or 0.05 for the
+    ``transformer`` composite), ``rules`` (per-node overrides: a
     mapping, or the path of a JSON/YAML rule file), ``image_input`` (with several float inputs),
     ``preset`` (preprocessing preset; sets the bounds unless given), ``layout`` (NCHW/NHWC; detected
     when None), ``attention`` (``cp``: CP-LRP, attention weights as constants; ``attnlrp``:
@@ -282,7 +342,7 @@ def _convert(
     low: Any = None,
     high: Any = None,
     epsilon: float = 1e-6,
-    gamma: float = 0.25,
+    gamma: float | None = None,
     rules: dict[str, Any] | str | os.PathLike | None = None,
     stabilizer: float = 1e-6,
     positive: bool = False,
@@ -293,6 +353,8 @@ def _convert(
 ) -> onnx.ModelProto:
     if attention not in ATTENTION_RULES:
         raise UsageError(f"unknown attention rule '{attention}' (known: {', '.join(ATTENTION_RULES)})")
+    if gamma is None:
+        gamma = default_gamma(composite)
     contrast = _check_options(method, contrast, {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma})
     if preset is not None:
         get_preset(preset)  # an unknown name fails before any work
@@ -329,7 +391,11 @@ def _convert(
     defaults = {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma}
     assigned = assign_rules(graph, composite, defaults, rules)
     fold_pad_into_conv(graph, lambda conv: _reads_own_input(assigned.get(conv.name)))
-    bounds = _zbox_bounds(graph, assigned, low, high, channel_axis)
+    try:
+        bounds = _zbox_bounds(graph, assigned, low, high, channel_axis)
+    except RuleError:
+        _raise_if_blocked(graph, assigned)  # the real cause first: an op the engine cannot explain
+        raise
 
     logits_shape = graph.shape(graph.logits)
     classes = int(logits_shape[1])
@@ -363,7 +429,11 @@ def _convert(
                           stabilizer=stabilizer, attention=attention)
         if len(logits_shape) == 4:
             initial = emitter.op("Reshape", [initial, emitter.const([-1, classes, 1, 1])], "initial4d")
-        return emit_relevance(context, initial)
+        try:
+            return emit_relevance(context, initial)
+        except UnsupportedModelError:
+            _raise_if_blocked(graph, assigned)  # the same first node, and how many more there are
+            raise
 
     if passes == 2 and moves_batch_axis(graph):
         # the forward cannot be tiled on axis 0: propagate the two halves one after the other

@@ -50,6 +50,7 @@ COMPOSITES = [
         "epsilon, gamma 0.05 on Gemm/MatMul",
         {"composite": "epsilon", "rules": {"Add": "epsilon", "Gemm": DENSE_GAMMA, "MatMul": DENSE_GAMMA}},
     ),
+    ("transformer (the composite of these overrides)", {"composite": "transformer"}),
     (
         "epsilon, gamma 0.05 on MLP/head only (LXT's placement)",
         {"composite": "epsilon", "rules": lambda model: {

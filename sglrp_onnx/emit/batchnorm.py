@@ -30,9 +30,11 @@ def batchnorm_slope(ctx: Context, node: Node) -> np.ndarray:
     return scale / np.sqrt(var + eps)
 
 
-@register("BatchNormalization")
+@register("BatchNormalization", "Affine")
 def backward_batchnorm(ctx: Context, node: Node, relevance_out: list) -> list:
-    """``R_x = a * x * R / stab(y)`` (epsilon rule of the affine map), or ``pass`` by override."""
+    """``R_x = a * x * R / stab(y)`` (epsilon rule of the affine map), or ``pass`` by override.
+
+    ``Affine`` is the canonical form of a BatchNorm exported as Mul + Add (canonicalize/fuse_affine.py)."""
     rule = ctx.rules.get(node.name)
     unused = [None] * (len(node.inputs) - 1)
     if rule is not None and rule.name == "pass":
@@ -41,8 +43,11 @@ def backward_batchnorm(ctx: Context, node: Node, relevance_out: list) -> list:
         raise UnsupportedModelError(f"{node.describe(ctx.graph)}: BatchNormalization in training mode cannot be explained")
     x, y = node.inputs[0], node.outputs[0]
     rank = ctx.rank(x)
-    slope = batchnorm_slope(ctx, node).reshape([-1] + [1] * (rank - 2))
-    stabilizer = rule.stabilizer if rule is not None else 1e-6
+    if node.op_type == "Affine":
+        slope = node.params["slope"]
+    else:
+        slope = batchnorm_slope(ctx, node).reshape([-1] + [1] * (rank - 2))
+    stabilizer = rule.stabilizer if rule is not None else ctx.stabilizer
     em = ctx.em
     s = em.op("Div", [relevance_out[0], ctx.stabilize(ctx.fwd(y), stabilizer)], "s")
     weighted = em.op("Mul", [ctx.fwd(x), em.const(slope.astype(np.float32), "bn_slope")], "ax")

@@ -9,8 +9,8 @@ factors come from:
   ``attention="attnlrp"`` the product takes the uniform rule and the Softmax its own rule (Achtibat et
   al. 2024, "AttnLRP: Attention-Aware Layer-Wise Relevance Propagation for Transformers", ICML);
 - a gate, a factor computed from the other factor (squeeze-excitation, x * sigmoid(x), decomposed
-  GELU, ResNeSt's split attention): the gate counts as a constant, all relevance goes to the other
-  factor (SPEC section 5);
+  GELU, ResNeSt's split attention): the gate counts as a constant; for an elementwise Mul that
+  is ``pass`` to the other factor (SPEC section 5), for a MatMul LRP-0 through it;
 - otherwise (gated MLPs, q k^T under AttnLRP) the uniform rule, AttnLRP Eq. 7:
   ``R_A = 1/2 * A * ((R / stab(C)) B^T)`` and ``R_B = 1/2 * B * (A^T (R / stab(C)))``.
 
@@ -183,7 +183,21 @@ def backward_mul(ctx: Context, node: Node, relevance_out: list) -> list:
     if node.inputs[0] == node.inputs[1]:  # x * x: the square of one tensor, relevance passes to it
         result[0] = relevance_out[0]
         return result
+    gated = _gated_factor(ctx, node)
+    if gated is not None:  # a gate counts as a constant: Mul by a constant is `pass` (SPEC section 5)
+        result[gated] = unbroadcast(ctx, relevance_out[0], node.inputs[gated], node.outputs[0])
+        return result
     return emit_product(ctx, node, relevance_out[0], ElementwiseMap(ctx, node))
+
+
+def _gated_factor(ctx: Context, node: Node) -> int | None:
+    """Index of the factor an elementwise gate multiplies (the other is computed from it)."""
+    a, b = node.inputs[0], node.inputs[1]
+    if depends_on(ctx, b, a):
+        return 0
+    if depends_on(ctx, a, b):
+        return 1
+    return None
 
 
 @register("MatMul")

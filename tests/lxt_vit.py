@@ -80,21 +80,27 @@ def lxt_patches():
                 delattr(cls, attr)
 
 
-def epsilon_composite(epsilon: float = 1e-6):
-    """Zennit ``Epsilon`` on every Conv2d and Linear: LXT's ViT recipe with epsilon everywhere.
+def zennit_composite(epsilon: float = 1e-6, gamma: float | None = None):
+    """One Zennit rule on every Conv2d and Linear: ``Epsilon(epsilon)``, or ``Gamma(gamma)`` with
+    ``epsilon`` as its stabiliser (LXT's ViT recipe uses Gamma there).
 
     The attention's in/out projections are Linear modules too, but torch's multi-head attention
-    passes their weights to a functional call, so their hooks never fire (SPEC section 7)."""
+    passes their weights to a functional call, so their hooks never fire (SPEC section 7): they stay
+    LRP-0 whatever the rule."""
     from zennit.composites import LayerMapComposite
-    from zennit.rules import Epsilon
+    from zennit.rules import Epsilon, Gamma
 
-    return LayerMapComposite(
-        layer_map=[(torch.nn.Conv2d, Epsilon(epsilon=epsilon)), (torch.nn.Linear, Epsilon(epsilon=epsilon))]
-    )
+    def rule():
+        return Epsilon(epsilon=epsilon) if gamma is None else Gamma(gamma=gamma, stabilizer=epsilon)
+
+    return LayerMapComposite(layer_map=[(torch.nn.Conv2d, rule()), (torch.nn.Linear, rule())])
 
 
-def lxt_relevance(model: torch.nn.Module, x: torch.Tensor, initial: torch.Tensor, epsilon: float = 1e-6):
-    """Relevance at the input for the initial relevance ``initial`` [N, K] at the logits.
+def lxt_relevance(
+    model: torch.nn.Module, x: torch.Tensor, initial: torch.Tensor, epsilon: float = 1e-6, gamma: float | None = None
+):
+    """Relevance at the input for the initial relevance ``initial`` [N, K] at the logits, with
+    ``zennit_composite(epsilon, gamma)`` on the layers that have weights.
 
     Runs LXT in float64 on a copy of ``model``.  Returns (relevance [N, 3, H, W], logits [N, K]),
     both float64."""
@@ -102,11 +108,28 @@ def lxt_relevance(model: torch.nn.Module, x: torch.Tensor, initial: torch.Tensor
 
     twin = copy.deepcopy(model).double().eval()
     x = x.detach().double().requires_grad_(True)
-    with lxt_patches(), epsilon_composite(epsilon).context(twin):
+    with lxt_patches(), zennit_composite(epsilon, gamma).context(twin):
         logits = twin(x)
         # LXT's patched Zennit hook on the head multiplies the incoming gradient by the output.
         logits.backward(initial.double() / logits.detach())
     return (x * x.grad).detach(), logits.detach()
+
+
+def attention_projections(model) -> list[str]:
+    """Names of the ONNX nodes of the attention's input/output projections (a MatMul or Gemm with a
+    constant weight inside a ``self_attention`` module): the layers whose Zennit hooks never fire in
+    LXT.  Module paths are in the node names (TorchScript exporter) or in the ``name_scopes``
+    metadata (dynamo exporter)."""
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    names = []
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or node.input[1] not in constants:
+            continue
+        scopes = [p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"]
+        if any("self_attention" in text for text in [node.name, *scopes]):
+            names.append(node.name)
+    return names
 
 
 def initial_relevance(logits: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:

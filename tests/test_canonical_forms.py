@@ -80,3 +80,34 @@ def test_preprocessing_mul_add_keeps_pass():
     graph = canonical_graph(_net(False, rescaling=True))
     kinds = [n.op_type for n in graph.nodes]
     assert kinds[:2] == ["Mul", "Add"] and kinds.count("Affine") == 1
+
+
+def _upsampling_net(runtime_sizes: bool) -> onnx.ModelProto:
+    """image -> Conv -> Relu -> Resize(linear, x2) -> Conv -> GAP -> Flatten -> Gemm, the Resize's
+    sizes either constant or computed as ``F.interpolate(x, size=...)`` writes them."""
+    rng = np.random.default_rng(5)
+    inits = [_tensor("w1", rng.normal(0, 0.5, (C, 3, 3, 3))), _tensor("w2", rng.normal(0, 0.5, (C, C, 3, 3))),
+             _tensor("wd", rng.normal(0, 0.5, (C, 5))), numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([2], np.int64), "two"), numpy_helper.from_array(np.array([16, 16], np.int64), "hw")]
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["a1"])]
+    if runtime_sizes:
+        nodes += [helper.make_node("Shape", ["a1"], ["shape"]), helper.make_node("Slice", ["shape", "zero", "two"], ["nc"]),
+                  helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0)]
+    else:
+        inits.append(numpy_helper.from_array(np.array([2, C, 16, 16], np.int64), "sizes"))
+    nodes += [helper.make_node("Resize", ["a1", "", "", "sizes"], ["up"], mode="linear"),
+              helper.make_node("Conv", ["up", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("GlobalAveragePool", ["c2"], ["g"]),
+              helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("Gemm", ["f", "wd"], ["scores"])]
+    batch = "N" if runtime_sizes else 2
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 8, 8])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def test_resize_with_sizes_computed_from_shape():
+    """mobilevit's ``F.interpolate(x, size=(h, w))``: sizes read ``N, C`` off ``Shape(x)``."""
+    for options in (dict(method="lrp", composite="epsilon"), dict(method="sglrp", low=0.0, high=1.0)):
+        constant, _ = _relevance(_upsampling_net(False), **options)
+        computed, _ = _relevance(_upsampling_net(True), **options)
+        np.testing.assert_allclose(computed, constant, rtol=1e-5, atol=1e-6 * np.abs(constant).max())
+        assert np.abs(constant).max() > 0

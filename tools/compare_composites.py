@@ -17,7 +17,7 @@ patterns is pasted at a random place on a noise background. That task has a know
 (the pattern's box), which random weights cannot have. Both are tiny: this is a sanity measurement,
 not a benchmark on real data.
 
-    .venv/bin/python tools/compare_composites.py [--images 64] [--steps 1500] [--methods lrp,sglrp]
+    .venv/bin/python tools/compare_composites.py [--images 64] [--steps 1500] [--methods lrp,sglrp] [--seed 0]
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import lxt_vit  # noqa: E402  (tests/lxt_vit.py: the ViT configuration and its attention projections)
+
 PATTERN = 8  # side of the class pattern, = the ViT's patch size
 DENSE_GAMMA = {"rule": "gamma", "gamma": 0.05}
 
@@ -48,8 +50,15 @@ COMPOSITES = [
         "epsilon, gamma 0.05 on Gemm/MatMul",
         {"composite": "epsilon", "rules": {"Add": "epsilon", "Gemm": DENSE_GAMMA, "MatMul": DENSE_GAMMA}},
     ),
+    ("transformer (the composite of these overrides)", {"composite": "transformer"}),
     (
-        "same, AttnLRP attention rule",
+        "epsilon, gamma 0.05 on MLP/head only (LXT's placement)",
+        {"composite": "epsilon", "rules": lambda model: {
+            "Add": "epsilon", "Gemm": DENSE_GAMMA, "MatMul": DENSE_GAMMA,
+            **{name: "epsilon" for name in lxt_vit.attention_projections(model)}}},
+    ),
+    (
+        "epsilon, gamma 0.05 on Gemm/MatMul, AttnLRP attention rule",
         {"composite": "epsilon", "attention": "attnlrp", "rules": {"Add": "epsilon", "Gemm": DENSE_GAMMA, "MatMul": DENSE_GAMMA}},
     ),
     (
@@ -150,6 +159,8 @@ def measure(onnx_model, images, labels, boxes, methods, num_classes):
     for label, kwargs in COMPOSITES:
         if kwargs["composite"] in ZBOX_COMPOSITES:
             kwargs = {**kwargs, "low": low, "high": high}
+        if callable(kwargs.get("rules")):  # rules that name nodes of this export
+            kwargs = {**kwargs, "rules": kwargs["rules"](onnx_model)}
         for method in methods:
             try:
                 converted = sglrp_onnx.convert(onnx_model, method=method, **kwargs)
@@ -194,29 +205,29 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1500, help="training steps of the synthetic task")
     parser.add_argument("--methods", default="lrp,sglrp")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, patterns, images and training")
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
 
     import torch
 
-    import lxt_vit
     import zennit_models as zm
 
     torch.set_num_threads(1)
     num_classes, size = lxt_vit.NUM_CLASSES, lxt_vit.IMAGE_SIZE
-    rng = np.random.default_rng(123)
+    rng = np.random.default_rng(123 + args.seed)
     patterns = class_patterns(rng, num_classes)
     images, labels, boxes = synthetic_batch(rng, patterns, args.images, size)
 
     print(f"measured {datetime.date.today()} on {platform.machine()} {platform.system()}, "
-          f"python {platform.python_version()}, torch {torch.__version__}; tiny torchvision ViT {lxt_vit.VIT_CONFIG}")
+          f"python {platform.python_version()}, torch {torch.__version__}; seed {args.seed}; tiny torchvision ViT {lxt_vit.VIT_CONFIG}")
 
-    model = lxt_vit.build_vit()
+    model = lxt_vit.build_vit(seed=args.seed)
     random_onnx = zm.export_onnx(model, torch.from_numpy(images[:2]), dynamo=True)
     print_table("random weights (synthetic images; separation only)",
                 measure(random_onnx, images, None, None, methods, num_classes), methods, False)
 
-    accuracy = train(model, patterns, args.steps, size)
+    accuracy = train(model, patterns, args.steps, size, seed=args.seed)
     trained_onnx = zm.export_onnx(model, torch.from_numpy(images[:2]), dynamo=True)
     print_table(f"trained on the synthetic task ({args.steps} steps, test accuracy {100 * accuracy:.1f}%)",
                 measure(trained_onnx, images, labels, boxes, methods, num_classes), methods, True)

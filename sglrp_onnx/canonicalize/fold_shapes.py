@@ -17,7 +17,9 @@ value (only on shapes and constants) are looked up in its result, by name.
 The values are not taken from onnxslim: onnxslim 0.1.98 folds PyTorch's ``F.pad`` idiom to a
 wrong value (``[0,0,1,1,0,0,0,0]`` for ``[0,0,0,0,0,0,1,1]``: its symbolic evaluation of the
 step -1 Slice). They come from running the model itself (ONNX Runtime, else onnx's reference
-evaluator) on zero inputs at two batch sizes; a tensor folds only where both runs agree. So a
+evaluator) on zero inputs at three batch sizes; a tensor folds only where the runs agree.
+Parameters of Pad/Slice/Resize/... on the float path that onnxslim leaves computed are proposed
+too (:func:`_parameters`) and checked the same way. So a
 folded value is what the forward computes, and a wrong verdict from onnxslim on batch
 independence is caught too. Models with a dynamic non-batch input dimension are not folded (no
 size to run them at).
@@ -91,9 +93,9 @@ def _slim_values(model: onnx.ModelProto, wanted: set[str]) -> dict[str, np.ndarr
     return found
 
 
-#: Batch sizes the model is run at to read the folded values off (two, so that batch-dependent
+#: Batch sizes the model is run at to read the folded values off (several, so that batch-dependent
 #: values show up as a disagreement).
-CHECK_BATCHES = (2, 3)
+CHECK_BATCHES = (2, 3, 5)
 
 
 def _zero_feeds(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray] | None:
@@ -213,19 +215,45 @@ def _reshape_targets(model: onnx.ModelProto, shape_only: set[str]) -> set[str]:
     return found
 
 
+#: Ops whose inputs after the first are parameters (pads, bounds, sizes) the relevance part needs.
+PARAMETER_READERS = ("Pad", "Slice", "Resize", "Expand", "Tile", "Split", "ReduceSum", "ReduceMean", "Unsqueeze", "Squeeze")
+
+
+def _parameters(model: onnx.ModelProto, shape_only: set[str]) -> dict[str, int]:
+    """Shape-only tensors that parameterise an op on the float path, with their element types.
+
+    onnxslim's symbolic evaluation leaves some idioms computed (timm's Swin pads its windows
+    with ``(w - H % w) % w`` through ``F.pad``: the Mod stops it); these are proposed too, and,
+    like onnxslim's proposals, fold only where every run of :data:`CHECK_BATCHES` agrees.
+    """
+    dependent = runtime_dependent(model)
+    names = {name for node in model.graph.node if node.op_type in PARAMETER_READERS and node.input and node.input[0] in dependent
+             for name in node.input[1:] if name in shape_only}
+    if not names:
+        return {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # without types the probe cannot name its outputs' types
+        return {}
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info if v.type.HasField("tensor_type")}
+    return {name: types[name] for name in names if types.get(name)}
+
+
 def _folded_values(model: onnx.ModelProto, shape_only: set[str]) -> dict[str, np.ndarray]:
     """Constants for the shape-only tensors (see the module docstring)."""
     proposed = _slim_values(model, shape_only)
     targets = _reshape_targets(model, shape_only) - set(proposed)
-    if not proposed and not targets:
+    parameters = {name: kind for name, kind in _parameters(model, shape_only).items() if name not in proposed and name not in targets}
+    if not proposed and not targets and not parameters:
         return {}
     dtypes = {name: helper.np_dtype_to_tensor_dtype(value.dtype) for name, value in proposed.items()}
     dtypes.update({name: onnx.TensorProto.INT64 for name in targets})
+    dtypes.update(parameters)
     runs = _runs(model, dtypes)
     if not runs:
         return {}
     batches = list(CHECK_BATCHES) if len(runs) == len(CHECK_BATCHES) else None
-    values = {name: runs[0][name] for name in proposed if _same_in_every_run(runs, name)}
+    values = {name: runs[0][name] for name in [*proposed, *parameters] if _same_in_every_run(runs, name)}
     if batches is not None:  # a dynamic batch: targets that hold it become "copy dimension 0"
         for name in targets:
             target = _batch_copying_target(runs, name, batches)

@@ -108,7 +108,8 @@ def assign_rules(
         elif node.op_type in NORM_OPS:
             rules[node.name] = norm_rule(defaults["stabilizer"])
             continue
-        elif node.op_type in AFFINE_OPS:
+        elif node.op_type in AFFINE_OPS or node.op_type == "Normalization":
+            # LRP-0 of an affine map (sigma held constant for the normalisations), SPEC 5 and 7
             rules[node.name] = zero_rule(defaults["stabilizer"])
             continue
         else:

@@ -111,3 +111,41 @@ def test_resize_with_sizes_computed_from_shape():
         computed, _ = _relevance(_upsampling_net(True), **options)
         np.testing.assert_allclose(computed, constant, rtol=1e-5, atol=1e-6 * np.abs(constant).max())
         assert np.abs(constant).max() > 0
+
+
+def _flatten_net(as_strided: bool) -> onnx.ModelProto:
+    """image -> Conv -> Relu -> GlobalAveragePool -> flatten -> Gemm; the flatten either a
+    Flatten, or the dynamo exporter's ``as_strided``: Gather from the tensor reshaped to ``[-1]``
+    with indices ``Range(N) * C + Range(C)`` computed from the runtime batch size."""
+    rng = np.random.default_rng(9)
+    inits = [_tensor("w1", rng.normal(0, 0.5, (C, 3, 3, 3))), _tensor("wd", rng.normal(0, 0.5, (C, 5)))]
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["a1"]),
+             helper.make_node("GlobalAveragePool", ["a1"], ["g"])]
+    if as_strided:
+        ints = {"minus_one": [-1], "zero": 0, "one": 1, "channels": C, "zero1": [0], "one1": [1], "rows": [-1, 1], "nc": [0, C]}
+        inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()]
+        nodes += [helper.make_node("Reshape", ["g", "minus_one"], ["flat"]),
+                  helper.make_node("Shape", ["g"], ["shape"]), helper.make_node("Slice", ["shape", "zero1", "one1"], ["n1"]),
+                  helper.make_node("Squeeze", ["n1"], ["n"]),
+                  helper.make_node("Range", ["zero", "n", "one"], ["batch_ids"]),
+                  helper.make_node("Mul", ["batch_ids", "channels"], ["starts"]),
+                  helper.make_node("Reshape", ["starts", "rows"], ["starts_col"]),
+                  helper.make_node("Range", ["zero", "channels", "one"], ["channel_ids"]),
+                  helper.make_node("Add", ["starts_col", "channel_ids"], ["indices"]),
+                  helper.make_node("Gather", ["flat", "indices"], ["f"], axis=0)]
+    else:
+        nodes.append(helper.make_node("Flatten", ["g"], ["f"]))
+    nodes.append(helper.make_node("Gemm", ["f", "wd"], ["scores"]))
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def test_as_strided_gather_with_runtime_indices():
+    for options in (dict(method="lrp", composite="epsilon"), dict(method="sglrp", low=0.0, high=1.0),
+                    dict(method="clrp", contrast="scaled", composite="epsilon")):
+        flatten, _ = _relevance(_flatten_net(False), **options)
+        gathered, converted = _relevance(_flatten_net(True), **options)
+        assert np.abs(flatten).max() > 0
+        np.testing.assert_allclose(gathered, flatten, rtol=1e-5, atol=1e-6 * np.abs(flatten).max())
+    assert any(n.op_type == "ScatterElements" for n in converted.graph.node)

@@ -53,11 +53,15 @@ def _net(standalone_bn: bool, rescaling: bool = False, seed: int = 3, centred: b
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def _relevance(model, **options):
+def _relevance_at(model, shape, **options):
     converted = sglrp_onnx.convert(model, **options)
     session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).uniform(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)
     return session.run(["relevance"], {"image": x, "target": np.array([-1, 2], np.int64)})[0], converted
+
+
+def _relevance(model, **options):
+    return _relevance_at(model, (2, 3, 8, 8), **options)
 
 
 def test_batchnorm_as_mul_add_gets_the_batchnorm_rule():
@@ -149,3 +153,36 @@ def test_as_strided_gather_with_runtime_indices():
         assert np.abs(flatten).max() > 0
         np.testing.assert_allclose(gathered, flatten, rtol=1e-5, atol=1e-6 * np.abs(flatten).max())
     assert any(n.op_type == "ScatterElements" for n in converted.graph.node)
+
+
+def _upsampled_by_indexing(gather_nd: bool) -> onnx.ModelProto:
+    """image -> Conv -> Relu -> 2x2 -> 3x3 nearest upsampling -> GAP -> Flatten -> Gemm; the
+    upsampling written as the dynamo exporter writes adaptive pooling (Transpose to spatial-first,
+    GatherND with constant indices, Transpose back) or as two Gathers with constant indices."""
+    rng = np.random.default_rng(11)
+    inits = [_tensor("w1", rng.normal(0, 0.5, (C, 3, 2, 2))), _tensor("wd", rng.normal(0, 0.5, (C, 5)))]
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["c1"], strides=[2, 2]), helper.make_node("Relu", ["c1"], ["a1"])]
+    picks = [0, 0, 1]
+    if gather_nd:
+        index = np.array([[[i, j] for j in picks] for i in picks], np.int64)  # [3, 3, 2]
+        inits.append(numpy_helper.from_array(index, "index"))
+        nodes += [helper.make_node("Transpose", ["a1"], ["spatial_first"], perm=[2, 3, 0, 1]),
+                  helper.make_node("GatherND", ["spatial_first", "index"], ["picked"]),
+                  helper.make_node("Transpose", ["picked"], ["up"], perm=[2, 3, 0, 1])]
+    else:
+        inits.append(numpy_helper.from_array(np.array(picks, np.int64), "picks"))
+        nodes += [helper.make_node("Gather", ["a1", "picks"], ["rows"], axis=2), helper.make_node("Gather", ["rows", "picks"], ["up"], axis=3)]
+    nodes += [helper.make_node("GlobalAveragePool", ["up"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+              helper.make_node("Gemm", ["f", "wd"], ["scores"])]
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def test_gather_nd_with_constant_indices():
+    for options in (dict(method="lrp", composite="epsilon"), dict(method="sglrp", low=0.0, high=1.0),
+                    dict(method="clrp", contrast="scaled", composite="epsilon")):
+        gathers, _ = _relevance_at(_upsampled_by_indexing(False), (2, 3, 4, 4), **options)
+        gather_nd, _ = _relevance_at(_upsampled_by_indexing(True), (2, 3, 4, 4), **options)
+        assert np.abs(gathers).max() > 0
+        np.testing.assert_allclose(gather_nd, gathers, rtol=1e-5, atol=1e-6 * np.abs(gathers).max())

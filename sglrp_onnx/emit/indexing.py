@@ -72,6 +72,26 @@ def _runtime_index_gather(ctx: Context, node: Node, relevance: str) -> str:
     return em.op("ScatterElements", [zeros, wrapped, updates], "r", axis=0, reduction="add")
 
 
+@register("GatherND")
+def backward_gather_nd(ctx: Context, node: Node, relevance_out: list) -> list:
+    """GatherND (the dynamo exporter's adaptive pooling to a size that is no factor of the input):
+    relevance is added back at the gathered positions with ScatterND (``reduction="add"``)."""
+    data, indices = node.inputs[0], node.inputs[1]
+    if int(node.attrs.get("batch_dims", 0)) != 0:
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: GatherND with batch_dims > 0 is not supported")
+    if indices in ctx.producers:
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: GatherND with indices computed from the image is not supported")
+    if ctx.graph.opset < 16:  # ScatterND's reduction
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: GatherND needs opset 16 or newer")
+    em = ctx.em
+    if ctx.graph.is_const(indices):
+        index = em.const(np.asarray(ctx.graph.constants[indices]).astype(np.int64), "index")
+    else:
+        index = em.op("Cast", [indices], "index", to=7)  # INT64
+    zeros = em.op("ConstantOfShape", [em.op("Shape", [ctx.fwd(data)], "shape")], "zeros")
+    return [em.op("ScatterND", [zeros, index, relevance_out[0]], "r", reduction="add"), None]
+
+
 def _index_dims_to_one_axis(ctx: Context, node: Node, relevance: str, index: np.ndarray, data: str, axis: int) -> str:
     """Gather's output holds ``index.ndim`` axes in place of ``axis``: make that exactly one."""
     em = ctx.em

@@ -102,6 +102,19 @@ ORACLES = [
 ]
 
 
+#: Exported and checked first (the models issue 7 names), so that an interrupted sweep has them.
+PRIORITY = {"vit_b_16", "vit_b_32", "swin_t", "swin_v2_t", "maxvit_t", "convnext_tiny", "resnet18", "resnet50",
+            "densenet121", "mobilenet_v2", "efficientnet_b0", "squeezenet1_1", "vgg11_bn"}
+
+
+def _priority(mid: str):
+    source, name, exporter = mid.split("/")
+    if source == "torchvision" and name in PRIORITY:
+        return (0, exporter == "dynamo", mid)
+    order = {"pip": 1, "keras": 2, "timm": 3, "torchvision": 4}
+    return (order[source] + (2 if exporter == "dynamo" else 0), mid)
+
+
 def model_id(source: str, name: str, exporter: str) -> str:
     return f"{source}/{name}/{exporter}"
 
@@ -635,7 +648,7 @@ def phase_export(args, entries):
             if "error" not in meta or not args.retry_failed:
                 continue
         todo.append(mid)
-    todo.sort(key=lambda mid: mid.endswith("/dynamo"))  # the slow exporter last
+    todo.sort(key=_priority)
     print(f"export: {len(todo)} to do, {len(entries) - len(todo)} cached", flush=True)
     if any(m.startswith("keras/") for m in todo):
         try:
@@ -674,7 +687,7 @@ def phase_check(args, entries):
         if args.missing and rpath.exists():
             continue
         todo.append(mid)
-    todo.sort(key=lambda mid: mid.endswith("/dynamo"))
+    todo.sort(key=_priority)
     print(f"check: {len(todo)} models", flush=True)
     for i, mid in enumerate(todo, 1):
         rpath = result_path(cache, mid)
@@ -760,7 +773,7 @@ def phase_report(args, entries, timings):
         meta = json.loads(mpath.read_text()) if mpath.exists() else {}
         res = json.loads(rpath.read_text()) if rpath.exists() else {}
         if not meta:
-            status, reason = "not exported", "run `--phase export` first"
+            status, reason = "not run", "not exported yet (`--phase export`)"
         elif "skipped" in meta:
             status, reason = "skipped", meta["skipped"]
         elif "error" in meta:
@@ -769,8 +782,9 @@ def phase_report(args, entries, timings):
             status, reason = "not checked", "run `--phase check`"
         elif res.get("converts") is False:
             status, reason = "refused", res.get("reason", "")
-            if res.get("error_type") not in (None, "UnsupportedModelError", "RuleError"):
-                status = f"refused ({res.get('error_type')})"
+            if res.get("error_type") not in (None, "UnsupportedModelError", "RuleError", "ModelLoadError",
+                                             "UnsafeModelError", "UsageError"):
+                status = f"engine error ({res.get('error_type')})"  # a crash, not a refusal
         else:
             status = res.get("status", "?")
             reason = res.get("reason") or ""
@@ -783,8 +797,10 @@ def phase_report(args, entries, timings):
                 reason = ", ".join(bad)
             if res.get("lrp_eps_error"):
                 reason = (reason + "; " if reason else "") + "lrp/epsilon: " + res["lrp_eps_error"]
-        counts.setdefault(source, {}).setdefault(status.split(" ")[0], 0)
-        counts[source][status.split(" ")[0]] += 1
+        reason = (reason or "").replace(f"{onnx_path(cache, mid)}: ", "").replace(str(onnx_path(cache, mid)), "MODEL")
+        key = status.split(" (")[0]
+        counts.setdefault(source, {}).setdefault(key, 0)
+        counts[source][key] += 1
         shape = res.get("input_shape") or meta.get("input_shape")
         converts = "-"
         if res.get("converts") is True:
@@ -830,7 +846,8 @@ def phase_report(args, entries, timings):
         "`.venv/bin/python tools/coverage.py --phase check`) reconverts the ONNX files cached by the",
         "first run (`~/.cache/sglrp-onnx-coverage`, `--cache DIR`) and rewrites this page; `--only NAME...`",
         "and `--source torchvision|timm|keras|pip` select models (a partial run keeps the results of the",
-        "others in the cache, and the page lists every model that has a result). Models have random",
+        "others in the cache; the page lists every model of the sweep, `not run` where no result is cached).",
+        "Models have random",
         "weights: BatchNorm statistics re-estimated on random batches, zero-initialised weight tensors",
         "(torchvision's ViT head, timm's zero-initialised norms) set to random values. Each model is",
         "converted and run on ONNX Runtime (CPU) on a random batch drawn uniformly between the zbox bounds.",
@@ -841,7 +858,8 @@ def phase_report(args, entries, timings):
         "- **bounds**: the zbox bounds given to the engine: a preset (`imagenet`, `caffe`, `tf`) or, where "
         "the preprocessing is in the graph or none is known, `raw255` = [0, 255] and `pm1` = [-1, 1];",
         "- **status**: `ok` (converts, original outputs unchanged, relevance finite), `refused` (the engine "
-        "declined: reason = its message, first line), `wrong` (converts, but a check failed), `export failed`, "
+        "declined: reason = its message, first line), `engine error` (an exception that is no `SglrpError`: "
+        "a bug), `wrong` (converts, but a check failed), `export failed`, "
         "`skipped`, `timeout`;",
         "- **converts**: `sglrp_onnx.convert(..., method='sglrp', composite='dtd')` with the bounds above, "
         "and its time;",
@@ -861,16 +879,22 @@ def phase_report(args, entries, timings):
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
     ]
-    if timings:
-        lines += ["Last phase runs (selected models, including those found in the cache): " + "; ".join(
-            f"{k} {v['seconds'] / 60:.1f} min for {v['models']} models ({v['when']})" for k, v in timings.items()) + ".",
-                  ""]
-    lines += ["## Summary", "", "| source | " + " | ".join(sorted({k for c in counts.values() for k in c})) + " |",
-              "|---|" + "---|" * len({k for c in counts.values() for k in c})]
-    keys = sorted({k for c in counts.values() for k in c})
+    export_s = sum(json.loads(meta_path(cache, model_id(*e)).read_text()).get("export_s", 0) for e in entries
+                   if meta_path(cache, model_id(*e)).exists())
+    check_s = sum(json.loads(result_path(cache, model_id(*e)).read_text()).get("check_s", 0) for e in entries
+                  if result_path(cache, model_id(*e)).exists())
+    lines += [f"Time, summed over the models of this table: phase 1 (export) {export_s / 60:.0f} min, phase 2 "
+              f"(convert and check, two conversions per model) {check_s / 60:.0f} min, on a machine shared with "
+              "other jobs.", ""]
+    keys = sorted({k for c in counts.values() for k in c}, key=lambda k: (k != "ok", k))
+    lines += ["## Summary", "", "Rows (model x exporter) per status:", "",
+              "| source | " + " | ".join(keys) + " | total |", "|---|" + "---|" * (len(keys) + 1)]
     for source in SOURCES:
         if source in counts:
-            lines.append(f"| {source} | " + " | ".join(str(counts[source].get(k, 0)) for k in keys) + " |")
+            lines.append(f"| {source} | " + " | ".join(str(counts[source].get(k, 0)) for k in keys)
+                         + f" | {sum(counts[source].values())} |")
+    lines.append("| all | " + " | ".join(str(sum(c.get(k, 0) for c in counts.values())) for k in keys)
+                 + f" | {sum(sum(c.values()) for c in counts.values())} |")
     lines += ["", "## Models", "",
               "| model | source | exporter | input | bounds | status | converts | originals unchanged | "
               "relevance finite | lrp-eps sum/logit | reference in tests | reason |",
@@ -936,7 +960,7 @@ def main(argv=None):
     timings_file.write_text(json.dumps(timings, indent=1))
     # the report lists every model with a cached result, also those outside this run's selection
     report_entries = all_entries(Path(args.cache), SOURCES)
-    phase_report(args, [e for e in report_entries if meta_path(Path(args.cache), model_id(*e)).exists()], timings)
+    phase_report(args, report_entries, timings)
 
 
 if __name__ == "__main__":

@@ -490,6 +490,48 @@ def _input_feed(model, meta, layout, low, high, seed=0):
     return image.name, x.astype(dtype)
 
 
+class ModelTimeout(BaseException):
+    """Raised by the alarm; a BaseException, so that no ``except Exception`` swallows it."""
+
+
+def run_models(args) -> None:
+    """Worker process: export or check each model of a comma-separated list, each under an alarm."""
+    import signal
+
+    def on_alarm(signum, frame):
+        raise ModelTimeout(f"{args.phase_or_worker.strip('_')} timed out after {args.model_timeout} s")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    for mid in args.worker_id.split(","):
+        args.id = mid
+        print(f"=== {mid}", flush=True)
+        start = time.perf_counter()
+        signal.alarm(args.model_timeout)
+        try:
+            (export_one if args.phase_or_worker == "_export" else check_one)(args)
+        except ModelTimeout as exc:
+            path = meta_path if args.phase_or_worker == "_export" else result_path
+            source, name, exporter = mid.split("/")
+            record = {"id": mid, "source": source, "name": name, "exporter": exporter, "error": str(exc)}
+            if args.phase_or_worker == "_check":
+                record.update(status="timeout", reason=str(exc))
+            path(Path(args.cache), mid).parent.mkdir(parents=True, exist_ok=True)
+            path(Path(args.cache), mid).write_text(json.dumps(record))
+        except Exception as exc:  # noqa: BLE001 - a bug of this script or a crash outside the engine call
+            if args.phase_or_worker != "_check":
+                raise
+            traceback.print_exc()
+            result_path(Path(args.cache), mid).write_text(json.dumps(
+                {"id": mid, "status": "check failed", "reason": _first_line(exc)}))
+        finally:
+            signal.alarm(0)
+        if args.phase_or_worker == "_check":
+            rpath = result_path(Path(args.cache), mid)
+            result = json.loads(rpath.read_text())
+            result["check_s"] = round(time.perf_counter() - start, 1)
+            rpath.write_text(json.dumps(result, indent=1))
+
+
 def check_one(args) -> None:
     """Subprocess entry: convert one cached model and check it; writes its result JSON."""
     import numpy as np
@@ -612,20 +654,46 @@ def _last_error_line(text: str) -> str:
     return (lines[-1] if lines else "failed")[:400]
 
 
-def run_worker(kind, mid, args, timeout, log_dir: Path) -> tuple[int | None, float]:
+def run_worker(kind, mids, args, timeout, log_dir: Path) -> tuple[int | None, float]:
+    """Run one worker process for ``mids`` (in order), with ``timeout`` seconds for all of them."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS=str(args.threads), TF_CPP_MIN_LOG_LEVEL="2")
-    cmd = [sys.executable, str(Path(__file__).resolve()), kind, mid, "--cache", str(args.cache),
-           "--threads", str(args.threads), "--max-params", str(args.max_params)]
+    per_model = args.export_timeout if kind == "_export" else args.check_timeout
+    cmd = [sys.executable, str(Path(__file__).resolve()), kind, ",".join(mids), "--cache", str(args.cache),
+           "--threads", str(args.threads), "--max-params", str(args.max_params), "--model-timeout", str(per_model)]
     start = time.perf_counter()
-    with open(log_dir / (mid.replace("/", "__") + ".log"), "w") as log:
+    with open(log_dir / (mids[0].replace("/", "__") + ".log"), "w") as log:
         try:
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout, cwd=REPO)
             code = proc.returncode
         except subprocess.TimeoutExpired:
             code = None
     return code, time.perf_counter() - start
+
+
+def run_batched(kind, todo, args, out_path, record_failure, describe):
+    """Work through ``todo`` in worker processes of ``--batch`` models each (imports cost more than many
+    models on a loaded machine). A worker that dies or hangs loses the model it was on (recorded by
+    ``record_failure``); the models after it go back into the queue."""
+    from collections import deque
+
+    cache = Path(args.cache)
+    queue = deque(todo)
+    count = 0
+    per_model = args.export_timeout if kind == "_export" else args.check_timeout
+    while queue:
+        chunk = [queue.popleft() for _ in range(min(args.batch, len(queue)))]
+        code, seconds = run_worker(kind, chunk, args, per_model * len(chunk) + 300,
+                                   cache / "logs" / kind.strip("_"))
+        missing = [mid for mid in chunk if not out_path(cache, mid).exists()]
+        if missing:
+            record_failure(missing[0], code, seconds)
+            queue.extendleft(reversed(missing[1:]))
+        for mid in chunk:
+            if out_path(cache, mid).exists():
+                count += 1
+                print(f"[{count}/{len(todo)}] {kind.strip('_')} {mid}: {describe(mid)}", flush=True)
 
 
 def selected(entries, args):
@@ -655,19 +723,19 @@ def phase_export(args, entries):
             ensure_keras_venv(cache)
         except Exception as exc:  # noqa: BLE001 - every Keras row will say so
             print(f"keras venv failed: {exc}", flush=True)
-    for i, mid in enumerate(todo, 1):
-        code, seconds = run_worker("_export", mid, args, args.export_timeout, cache / "logs" / "export")
-        mpath = meta_path(cache, mid)
-        if code is None or not mpath.exists():
-            source, name, exporter = mid.split("/")
-            reason = (f"export timed out after {args.export_timeout} s" if code is None
-                      else f"export crashed (exit {code}; see {cache}/logs/export)")
-            mpath.parent.mkdir(parents=True, exist_ok=True)
-            mpath.write_text(json.dumps({"id": mid, "source": source, "name": name, "exporter": exporter,
-                                         "error": reason, "export_s": round(seconds, 1)}))
-        meta = json.loads(mpath.read_text())
-        state = meta.get("error") or meta.get("skipped") or "ok"
-        print(f"[{i}/{len(todo)}] export {mid}: {seconds:.0f} s: {state[:150]}", flush=True)
+    def record_failure(mid, code, seconds):
+        source, name, exporter = mid.split("/")
+        reason = (f"export timed out after {args.export_timeout} s" if code is None
+                  else f"export crashed (exit {code}; see {cache}/logs/export)")
+        meta_path(cache, mid).parent.mkdir(parents=True, exist_ok=True)
+        meta_path(cache, mid).write_text(json.dumps({"id": mid, "source": source, "name": name, "exporter": exporter,
+                                                     "error": reason}))
+
+    def describe(mid):
+        meta = json.loads(meta_path(cache, mid).read_text())
+        return f"{meta.get('export_s', '?')} s: {(meta.get('error') or meta.get('skipped') or 'ok')[:150]}"
+
+    run_batched("_export", todo, args, meta_path, record_failure, describe)
 
 
 def phase_check(args, entries):
@@ -689,22 +757,23 @@ def phase_check(args, entries):
         todo.append(mid)
     todo.sort(key=_priority)
     print(f"check: {len(todo)} models", flush=True)
-    for i, mid in enumerate(todo, 1):
-        rpath = result_path(cache, mid)
-        if rpath.exists():
-            rpath.unlink()
-        code, seconds = run_worker("_check", mid, args, args.check_timeout, cache / "logs" / "check")
-        if not rpath.exists():
-            rpath.parent.mkdir(parents=True, exist_ok=True)
-            reason = (f"check timed out after {args.check_timeout} s" if code is None
-                      else f"check crashed (exit {code}; see {cache}/logs/check)")
-            rpath.write_text(json.dumps({"id": mid, "status": "timeout" if code is None else "crashed",
-                                         "reason": reason}))
-        result = json.loads(rpath.read_text())
-        result["check_s"] = round(seconds, 1)
-        rpath.write_text(json.dumps(result, indent=1))
-        print(f"[{i}/{len(todo)}] check {mid}: {seconds:.0f} s: {result.get('status', 'refused')} "
-              f"{(result.get('reason') or '')[:150]}", flush=True)
+    for mid in todo:
+        if result_path(cache, mid).exists():
+            result_path(cache, mid).unlink()
+
+    def record_failure(mid, code, seconds):
+        reason = (f"check timed out after {args.check_timeout} s" if code is None
+                  else f"check crashed (exit {code}; see {cache}/logs/check)")
+        result_path(cache, mid).parent.mkdir(parents=True, exist_ok=True)
+        result_path(cache, mid).write_text(json.dumps({"id": mid, "status": "timeout" if code is None else "crashed",
+                                                       "reason": reason}))
+
+    def describe(mid):
+        result = json.loads(result_path(cache, mid).read_text())
+        return (f"{result.get('check_s', '?')} s: {result.get('status', 'refused')} "
+                f"{(result.get('reason') or '')[:150]}")
+
+    run_batched("_check", todo, args, result_path, record_failure, describe)
 
 
 def _oracle(source, name):
@@ -818,7 +887,7 @@ def phase_report(args, entries, timings):
                 finite += ", all zero"
         ratio = _fmt(res.get("lrp_eps_max_abs_ratio"))
         if "lrp_eps_finite" in res and not res["lrp_eps_finite"]:
-            ratio += " (NaN/Inf)"
+            ratio = "NaN/Inf in relevance"
         bounds = meta.get("bounds", "-")
         notes = []
         if meta.get("batch", "").startswith("static"):
@@ -935,14 +1004,12 @@ def main(argv=None):
     parser.add_argument("--reexport", action="store_true", help="export again even where the file is cached")
     parser.add_argument("--retry-failed", action="store_true", help="export again where the last export failed")
     parser.add_argument("--missing", action="store_true", help="check only models without a cached result")
+    parser.add_argument("--batch", type=int, default=8, help="models per worker process (default %(default)s)")
+    parser.add_argument("--model-timeout", type=int, default=600, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.cache = str(Path(args.cache).expanduser())
-    if args.phase_or_worker == "_export":
-        args.id = args.worker_id
-        return export_one(args)
-    if args.phase_or_worker == "_check":
-        args.id = args.worker_id
-        return check_one(args)
+    if args.phase_or_worker in ("_export", "_check"):
+        return run_models(args)
     entries = selected(all_entries(Path(args.cache), args.source), args)
     timings_file = Path(args.cache) / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}

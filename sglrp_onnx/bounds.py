@@ -4,7 +4,9 @@ The user gives the lowest and highest value the model input can take after prepr
 number or one per channel on the input's channel axis (axis 1 for NCHW, the last for NHWC).
 Where the graph transforms its input before the first linear layers (constant Sub/Add/Mul/Div,
 Transpose, Reshape, Flatten), the bounds are carried through the same operations; a negative
-factor swaps low and high (SPEC section 4).
+factor swaps low and high (SPEC section 4). Bounds follow only the float path from the image:
+shape tensors computed from it (a Reshape target read off ``Shape(image)``, as in a
+space-to-depth stem) carry none.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from sglrp_onnx.canonicalize.find_io import float_path
 from sglrp_onnx.errors import RuleError
 from sglrp_onnx.graph import Graph, Node
 
@@ -158,6 +161,7 @@ def carry_bounds(graph: Graph, image_bounds: Bounds, targets: set[str]) -> dict[
     known: dict[str, Bounds] = {graph.image: image_bounds}
     result = {}
     producers = graph.producers()
+    on_path = float_path(graph)
 
     def resolve(tensor: str) -> Bounds:
         if tensor in known:
@@ -166,7 +170,7 @@ def carry_bounds(graph: Graph, image_bounds: Bounds, targets: set[str]) -> dict[
         if node is None:
             raise RuleError(f"cannot carry zbox bounds to tensor '{tensor}': it is not computed from the image")
         for name in node.inputs:
-            if name and not graph.is_const(name):
+            if name and name in on_path and not graph.is_const(name):  # never into shape tensors
                 resolve(name)
         known[tensor] = _carry(graph, node, known)
         return known[tensor]

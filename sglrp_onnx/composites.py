@@ -17,7 +17,7 @@ from typing import Any
 
 from sglrp_onnx.errors import RuleError, UsageError
 from sglrp_onnx.graph import LINEAR_OPS, Graph, Node
-from sglrp_onnx.rules import LinearRule, SimpleRule, make_rule, norm_rule
+from sglrp_onnx.rules import LinearRule, SimpleRule, make_rule, norm_rule, zero_rule
 
 #: composite name -> (first conv, first dense, other conv, dense)
 COMPOSITES: dict[str, tuple[str, str, str, str]] = {
@@ -32,7 +32,16 @@ COMPOSITES: dict[str, tuple[str, str, str, str]] = {
 
 #: Weightless ops whose relevance rule is ``norm`` (the others pass relevance through or have
 #: their own structural rule, see :mod:`sglrp_onnx.emit`).
-NORM_OPS = ("AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Sum")
+NORM_OPS = ("AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "Resize", "Add", "Sum")
+
+#: Weightless per-channel affine ops (standalone BatchNormalization): the epsilon rule of their
+#: affine map with ``stabilizer`` (SPEC section 5), shown as ``zero`` (LRP-0 = epsilon with the
+#: stabiliser); overrides may choose ``epsilon`` (its own epsilon), ``norm`` or ``pass``.
+AFFINE_OPS = ("BatchNormalization", "Affine")
+
+#: Weightless ops whose rule divides by their output (SPEC section 7): an override may set the
+#: stabiliser with ``norm`` / ``epsilon`` / ``zero``, or ``pass`` where the shape allows.
+STABILISED_OPS = NORM_OPS + ("Normalization", "MatMul", "Einsum", "Sub")
 
 
 def first_layers(graph: Graph) -> set[str]:
@@ -81,6 +90,9 @@ def assign_rules(
         elif node.op_type in NORM_OPS:
             rules[node.name] = norm_rule(defaults["stabilizer"])
             continue
+        elif node.op_type in AFFINE_OPS:
+            rules[node.name] = zero_rule(defaults["stabilizer"])
+            continue
         else:
             continue
         rules[node.name] = make_rule(name, defaults)
@@ -107,26 +119,37 @@ def _apply_overrides(graph: Graph, rules: dict, overrides: dict[str, Any], defau
         else:
             known = ", ".join(sorted(names)[:20])
             raise RuleError(f"rule override '{key}' matches no node name, glob or op type on the explained path (nodes: {known}{', ...' if len(names) > 20 else ''})")
+        rule = make_rule(overrides[key], defaults, where=f"rule override '{key}': ")
+        if rank > 0:
+            # a glob or op type (``MatMul`` names dense layers and attention products alike) takes
+            # the nodes its rule applies to; it must apply to one at least
+            fitting = [n for n in matches if _applicable(graph, n, rule, firsts) is None]
+            if matches and not fitting:
+                raise RuleError(f"rule override '{key}': {_applicable(graph, matches[0], rule, firsts)}")
+            matches = fitting
         for node in matches:
             if node.name not in chosen or rank < chosen[node.name][0]:
                 chosen[node.name] = (rank, key)
     for node_name, (_, key) in chosen.items():
         node = names[node_name]
         rule = make_rule(overrides[key], defaults, where=f"rule override '{key}' for node '{node_name}': ")
-        _check_applicable(graph, node, rule, key, firsts)
+        problem = _applicable(graph, node, rule, firsts)
+        if problem is not None:
+            raise RuleError(f"rule override '{key}': {problem}")
         rules[node_name] = rule
 
 
-def _check_applicable(graph: Graph, node: Node, rule, key: str, firsts: set[str]) -> None:
-    where = f"rule override '{key}': {node.describe(graph)}"
+def _applicable(graph: Graph, node: Node, rule, firsts: set[str]) -> str | None:
+    """None where ``rule`` can be given to ``node``, else why not."""
+    where = node.describe(graph)
     if node.op_type in LINEAR_OPS:
         if rule.name == "pass" and graph.shape(node.inputs[0]) != graph.shape(node.outputs[0]):
-            raise RuleError(f"{where}: rule 'pass' needs equal input and output shapes")
+            return f"{where}: rule 'pass' needs equal input and output shapes"
         if isinstance(rule, LinearRule) and rule.name == "zbox" and node.name not in firsts and "low" not in rule.params:
-            raise RuleError(f"{where} is not a first layer: a zbox override there needs its own low and high")
-        return
-    if node.op_type in NORM_OPS and rule.name in ("norm", "epsilon", "zero"):
-        return
+            return f"{where} is not a first layer: a zbox override there needs its own low and high"
+        return None
+    if node.op_type in STABILISED_OPS + AFFINE_OPS and rule.name in ("norm", "epsilon", "zero"):
+        return None
     if rule.name == "pass" and graph.shape(node.inputs[0]) == graph.shape(node.outputs[0]) and node.op_type not in NORM_OPS:
-        return
-    raise RuleError(f"{where}: rule '{rule.name}' does not apply to this op")
+        return None
+    return f"{where}: rule '{rule.name}' does not apply to this op"

@@ -19,11 +19,11 @@ from onnx import checker, helper, version_converter
 
 from sglrp_onnx import metadata
 from sglrp_onnx.bounds import bounds_at_input, bounds_for_tensor, carry_bounds
-from sglrp_onnx.canonicalize import canonicalize, fold_model_constants, fold_pad_into_conv
+from sglrp_onnx.canonicalize import canonicalize, fold_model_constants, fold_pad_into_conv, fold_shape_computations
 from sglrp_onnx.composites import assign_rules
 from sglrp_onnx.emit.builder import PREFIX, Context, Emitter
 from sglrp_onnx.emit.methods import CONTRASTS, DEFAULT_CONTRAST, METHODS, combine_scaled, initial_relevance
-from sglrp_onnx.emit.relevance import emit_relevance, nonnegative_tensors
+from sglrp_onnx.emit.relevance import blocking_nodes, emit_relevance, moves_batch_axis, nonnegative_tensors
 from sglrp_onnx.errors import InternalError, RuleError, SglrpError, UnsupportedModelError, UsageError
 from sglrp_onnx.graph import Graph, from_onnx, infer_shapes, main_opset
 from sglrp_onnx.io import load_model, save_model
@@ -36,6 +36,9 @@ MIN_OPSET = 13
 SCATTER_OPSET = 16
 OLDEST_OPSET = 7
 QUANTISED_OPS = ("QLinearConv", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
+#: Rules for attention weights (SPEC section 7): CP-LRP holds them constant; AttnLRP propagates
+#: through them (uniform rule on the products, its own Softmax rule).
+ATTENTION_RULES = ("cp", "attnlrp")
 LAYOUTS = {4: ("NCHW", "NHWC"), 3: ("NCW", "NWC"), 5: ("NCDHW", "NDHWC"), 2: ("NC", "NC")}
 
 
@@ -56,7 +59,16 @@ def _check_options(method: str, contrast: str | None, numbers: dict[str, float])
 
 
 def load_rule_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read per-node rule overrides from a JSON or YAML file (a mapping key -> rule)."""
+    """Read per-node rule overrides from a JSON or YAML file (a mapping key -> rule), or from
+    inline JSON (a string that starts with ``{``, e.g. ``'{"Add": "epsilon"}'``)."""
+    if isinstance(path, str) and path.lstrip().startswith("{"):
+        try:
+            data = json.loads(path)
+        except ValueError as error:
+            raise RuleError(f"--rules: not valid inline JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise RuleError("--rules: inline JSON must be an object of node name / glob / op type -> rule")
+        return data
     path = Path(path)
     try:
         text = path.read_text()
@@ -147,7 +159,58 @@ def _raise_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     return converted, needed
 
 
+#: Ops that preprocessing may put between the image and the Transpose to NCHW (Keras Rescaling
+#: and Normalization layers, casts, padding): they keep the layout.
+PREPROCESSING = ("Add", "Sub", "Mul", "Div", "Cast", "Identity", "Dropout", "Pad", "Clip", "Sqrt", "Neg")
+#: Ops whose channel axis is axis 1 (ONNX's layout): a sign that the tensor they read is NCHW.
+READS_NCHW = ("Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "MaxPool", "AveragePool",
+              "GlobalAveragePool", "GlobalMaxPool", "LRN")
+
+
+def _per_channel_axis(graph: Graph, node, rank: int) -> int | None:
+    """The one axis along which a constant operand of ``node`` varies (normalisation by channel
+    mean and std), counted in the computed operand's rank; None if none or several."""
+    for name in node.inputs[:2]:
+        if not name or not graph.is_const(name):
+            continue
+        shape = (1,) * (rank - graph.constants[name].ndim) + tuple(graph.constants[name].shape)
+        varying = [axis for axis, size in enumerate(shape) if size > 1]
+        if len(varying) == 1:
+            return varying[0]
+    return None
+
+
+def _layout_in_graph(graph: Graph, rank: int) -> bool | None:
+    """True for NHWC, False for NCHW, None if the graph does not say: follows the image through
+    preprocessing to the first node that tells (a Transpose to channels-first, an op that reads
+    channels on axis 1, a per-channel constant)."""
+    consumers = graph.consumers()
+    to_channels_first = [0, rank - 1, *range(1, rank - 1)]
+    frontier, seen = [graph.image], {graph.image}
+    while frontier:
+        tensor = frontier.pop(0)
+        for node in consumers.get(tensor, []):
+            if node.op_type == "Transpose":
+                if list(node.attrs.get("perm", [])) == to_channels_first:
+                    return True
+                continue
+            if node.op_type in READS_NCHW and node.inputs[0] == tensor:
+                return False
+            if node.op_type not in PREPROCESSING:
+                continue
+            axis = _per_channel_axis(graph, node, rank) if node.op_type in ("Add", "Sub", "Mul", "Div") else None
+            if axis in (1, rank - 1) and rank > 2:
+                return axis == rank - 1
+            for out in node.outputs:
+                if out and out not in seen and not graph.is_const(out):
+                    seen.add(out)
+                    frontier.append(out)
+    return None
+
+
 def _layout(graph: Graph, requested: str | None) -> tuple[str, int]:
+    """The image's layout: as requested, else as the graph says (SPEC section 5), else NHWC for
+    an image whose last axis is 1 or 3 while axis 1 is neither, else NCHW."""
     shape = graph.shape(graph.image)
     rank = len(shape) if shape is not None else 4
     first, last = LAYOUTS.get(rank, ("NC" + "X" * (rank - 2), "N" + "X" * (rank - 2) + "C"))
@@ -155,11 +218,10 @@ def _layout(graph: Graph, requested: str | None) -> tuple[str, int]:
         if requested not in (first, last):
             raise UsageError(f"layout '{requested}' does not fit the image input of rank {rank} (use {first} or {last})")
         return requested, 1 if requested == first else rank - 1
-    consumers = graph.consumers()
-    for node in consumers.get(graph.image, []):
-        if node.op_type == "Transpose" and list(node.attrs.get("perm", [])) == [0, rank - 1, *range(1, rank - 1)]:
-            return last, rank - 1
-    return first, 1
+    channels_last = _layout_in_graph(graph, rank) if rank > 2 else False
+    if channels_last is None:
+        channels_last = shape is not None and rank > 2 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
+    return (last, rank - 1) if channels_last else (first, 1)
 
 
 def _own_bounds(graph: Graph, node, rule: LinearRule):
@@ -191,9 +253,18 @@ def _zbox_bounds(graph: Graph, rules: dict, low: Any, high: Any, channel_axis: i
     return result
 
 
+def _raise_if_blocked(graph: Graph, rules: dict) -> None:
+    """Raise for the first node whose relevance cannot be emitted (naming how many more there are)."""
+    blocked = blocking_nodes(graph, rules)
+    if blocked:
+        more = f" (and {len(blocked) - 1} more blocking node(s): 'sglrp-onnx inspect' lists them all)" if len(blocked) > 1 else ""
+        raise UnsupportedModelError(blocked[0][1] + more)
+
+
 def canonical_graph(model: onnx.ModelProto, image_input: str | None = None) -> Graph:
-    """The canonical graph of ``model`` (constants folded on a copy, shapes inferred, rewritten)."""
-    graph = from_onnx(infer_shapes(fold_model_constants(model)))
+    """The canonical graph of ``model`` (constants and shape computations folded on a copy, shapes
+    inferred, rewritten)."""
+    graph = from_onnx(infer_shapes(fold_shape_computations(fold_model_constants(model))))
     return canonicalize(graph, image_input)
 
 
@@ -250,7 +321,8 @@ def convert(
     rule's), ``stabilizer`` (every other rule's), ``gamma``, ``rules`` (per-node overrides: a
     mapping, or the path of a JSON/YAML rule file), ``image_input`` (with several float inputs),
     ``preset`` (preprocessing preset; sets the bounds unless given), ``layout`` (NCHW/NHWC; detected
-    when None). Raises a :class:`sglrp_onnx.errors.SglrpError` subclass on bad input; errors about
+    when None), ``attention`` (``cp``: CP-LRP, attention weights as constants; ``attnlrp``:
+    AttnLRP's rules through them; SPEC section 7). Raises a :class:`sglrp_onnx.errors.SglrpError` subclass on bad input; errors about
     a model read from a file name that file.
     """
     try:
@@ -276,7 +348,10 @@ def _convert(
     image_input: str | None = None,
     preset: str | None = None,
     layout: str | None = None,
+    attention: str = "cp",
 ) -> onnx.ModelProto:
+    if attention not in ATTENTION_RULES:
+        raise UsageError(f"unknown attention rule '{attention}' (known: {', '.join(ATTENTION_RULES)})")
     contrast = _check_options(method, contrast, {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma})
     if preset is not None:
         get_preset(preset)  # an unknown name fails before any work
@@ -313,7 +388,11 @@ def _convert(
     defaults = {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma}
     assigned = assign_rules(graph, composite, defaults, rules)
     fold_pad_into_conv(graph, lambda conv: _reads_own_input(assigned.get(conv.name)))
-    bounds = _zbox_bounds(graph, assigned, low, high, channel_axis)
+    try:
+        bounds = _zbox_bounds(graph, assigned, low, high, channel_axis)
+    except RuleError:
+        _raise_if_blocked(graph, assigned)  # the real cause first: an op the engine cannot explain
+        raise
 
     logits_shape = graph.shape(graph.logits)
     classes = int(logits_shape[1])
@@ -340,11 +419,26 @@ def _convert(
         logits_2d = emitter.op("Flatten", [logits_2d], "logits2d", axis=1)
     start = initial_relevance(emitter, logits_2d, names["target"], classes, method, contrast)
     passes = 2 if contrast == "scaled" else 1
-    context = Context(emitter, graph, assigned, bounds, passes, nonnegative_tensors(graph), widen=widen)
-    relevance = start.relevance
-    if len(logits_shape) == 4:
-        relevance = emitter.op("Reshape", [relevance, emitter.const([-1, classes, 1, 1])], "initial4d")
-    relevance = emit_relevance(context, relevance)
+    nonnegative = nonnegative_tensors(graph)
+
+    def propagate(initial: str, batch_passes: int) -> str:
+        context = Context(emitter, graph, assigned, bounds, batch_passes, nonnegative, widen=widen,
+                          stabilizer=stabilizer, attention=attention)
+        if len(logits_shape) == 4:
+            initial = emitter.op("Reshape", [initial, emitter.const([-1, classes, 1, 1])], "initial4d")
+        try:
+            return emit_relevance(context, initial)
+        except UnsupportedModelError:
+            _raise_if_blocked(graph, assigned)  # the same first node, and how many more there are
+            raise
+
+    if passes == 2 and moves_batch_axis(graph):
+        # the forward cannot be tiled on axis 0: propagate the two halves one after the other
+        halves = [propagate(part, 1) for part in start.halves]
+        relevance = emitter.op("Concat", halves, "halves", axis=0)
+    else:
+        relevance = propagate(start.relevance, passes)
+    context = Context(emitter, graph, assigned, bounds, passes, nonnegative, widen=widen)
     if passes == 2:
         relevance = combine_scaled(context, relevance, graph.image)
     if positive:
@@ -364,6 +458,7 @@ def _convert(
         "epsilon": repr(float(epsilon)),
         "stabilizer": repr(float(stabilizer)),
         "gamma": repr(float(gamma)),
+        "attention": attention,
         "rules": rules or {},
         "low": np.asarray(low).tolist() if low is not None else None,
         "high": np.asarray(high).tolist() if high is not None else None,

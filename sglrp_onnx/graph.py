@@ -9,6 +9,7 @@ values (the BatchNormalization's output).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,10 +77,11 @@ class Graph:
         return tuple(int(d) for d in shape)
 
     def shape_str(self, name: str) -> str:
+        """``[?,3,224,224]``: ``?`` for every dimension not known statically (batch or not)."""
         shape = self.shape(name)
         if shape is None:
             return "[?]"
-        return "[" + ",".join("N" if d is None else str(d) for d in shape) + "]"
+        return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
 
     def producers(self) -> dict[str, Node]:
         return {out: node for node in self.nodes for out in node.outputs if out}
@@ -117,10 +119,26 @@ def node_display_names(model: onnx.ModelProto) -> list[str]:
     return names
 
 
+#: Ops whose output has their first input's shape and type, where ONNX's shape inference has no
+#: function for them (GroupNormalization-21 is defined as a function whose inference leaves the
+#: output untyped, and everything after it unknown).
+SHAPE_PRESERVING = ("GroupNormalization", "LayerNormalization", "InstanceNormalization", "RMSNormalization")
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run ONNX shape inference; a model that fails it is reported, not silently used."""
     try:
-        return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        inferred = shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        typed = {v.name: v for v in _value_infos(inferred) if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type}
+        missing = [(n.input[0], n.output[0]) for n in inferred.graph.node
+                   if n.op_type in SHAPE_PRESERVING and n.output[0] not in typed and n.input[0] in typed]
+        if not missing:
+            return inferred
+        for source, name in missing:  # the output is shaped like the input: say so and infer again
+            info = copy.deepcopy(typed[source])
+            info.name = name
+            inferred.graph.value_info.append(info)
+        return shape_inference.infer_shapes(inferred, check_type=False, strict_mode=False, data_prop=True)
     except Exception as error:  # onnx raises several internal exception types here
         raise ModelLoadError(f"shape inference failed: {error}") from None
 

@@ -10,7 +10,8 @@ What :func:`load_model` checks, in this order, before the engine sees the model:
 
 1. the path names a regular file (not a folder, FIFO or device), not empty, at most 2 GiB;
 2. the bytes parse as a ``ModelProto`` that has a graph;
-3. declared sizes: no tensor (initializer, attribute, sparse tensor, in subgraphs and functions
+3. ``-1`` dimensions in graph inputs/outputs/value_info (Paddle's exporter writes them for
+   dynamic dimensions) become unknown dimensions; declared sizes: no tensor (initializer, attribute, sparse tensor, in subgraphs and functions
    too), no static shape of a graph input/output/value_info, and no constant shape given to
    ``ConstantOfShape`` / ``Expand`` / ``Range`` may exceed :data:`MAX_TENSOR_ELEMENTS`;
 4. external data: only files inside the model's own folder (after resolving symbolic links),
@@ -89,6 +90,7 @@ def load_model(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.Mode
         base_dir = path.resolve().parent
     else:
         raise UsageError(f"expected a path, bytes or an onnx.ModelProto, got {type(source).__name__}")
+    _unknown_for_minus_one(model)
     _check_declared_sizes(model, label)
     _load_external_data(model, base_dir, label)
     _check_model(model, label)
@@ -192,6 +194,21 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 
 def _element_count(dims) -> int:
     return math.prod(int(d) for d in dims) if len(dims) else 1
+
+
+def _unknown_for_minus_one(model: onnx.ModelProto) -> None:
+    """Clear ``dim_value: -1`` in value infos: Paddle's way of writing a dynamic dimension.
+
+    ONNX writes a dynamic dimension as a ``dim_param`` or as an empty dimension; ``-1`` is not a
+    size, so it becomes an empty (unknown) dimension. Other negative sizes stay and are refused.
+    """
+    for graph in _all_graphs(model):
+        for value in (*graph.input, *graph.output, *graph.value_info):
+            if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+                continue
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.HasField("dim_value") and dim.dim_value == -1:
+                    dim.ClearField("dim_value")
 
 
 def _check_declared_sizes(model: onnx.ModelProto, label: str) -> None:

@@ -116,7 +116,7 @@ def m_layers(seed, opset=17):
     h = b.conv(h, 8, 3, pads=1, signs=b.channel_signs(p), name="c2")
     h = b.affine(h, "Mul", np.linspace(0.5, 1.5, 8).reshape(8, 1, 1), name="scale2")  # folded
     h = b.add(p, h, name="res1")
-    h = b.batchnorm(h, name="bn2")  # standalone: pass
+    h = b.batchnorm(h, name="bn2")  # standalone: epsilon rule of its affine map (SPEC 5)
     h = b.relu(h)
     r = h
     c3 = b.conv(h, 4, 1, name="c3")
@@ -521,7 +521,7 @@ def test_reference_canonicalisation():
     can = get_canonical("layers")
     names = {n.name for n in can.nodes}
     assert "bn1" not in names and "scale2" not in names  # folded
-    assert "bn2" in names and "gain" in names  # standalone: pass
+    assert "bn2" in names and "gain" in names  # standalone: not folded
     c1 = next(n for n in can.nodes if n.name == "c1")
     assert c1.out == "bn1"
     # folded forward = original forward

@@ -136,10 +136,16 @@ def _matmul(graph: Graph, node: Node) -> Node:
 REWRITERS = {"Conv": _conv, "Gemm": _gemm, "MatMul": _matmul}
 
 
+def _is_linear_layer(node: Node, on_path: set[str]) -> bool:
+    """A Conv / Gemm / MatMul whose activation input is on the image's float path. A MatMul of
+    two computed tensors (attention, gated MLPs) is a product, not a layer with weights: it keeps
+    its op type and gets a product rule (SPEC section 7)."""
+    if node.op_type not in REWRITERS or node.inputs[0] not in on_path:
+        return False
+    return not (node.op_type == "MatMul" and node.inputs[1] in on_path)
+
+
 def canonicalize_linear_layers(graph: Graph, on_path: set[str]) -> Graph:
     """Rewrite every linear node whose activation input is on the image's float path."""
-    graph.nodes = [
-        REWRITERS[node.op_type](graph, node) if node.op_type in REWRITERS and node.inputs[0] in on_path else node
-        for node in graph.nodes
-    ]
+    graph.nodes = [REWRITERS[node.op_type](graph, node) if _is_linear_layer(node, on_path) else node for node in graph.nodes]
     return graph

@@ -23,7 +23,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                        help="how clrp/sglrp combine target and dual: signed (sglrp default) or scaled (clrp default); not for lrp")
     group.add_argument("--positive", action="store_true", help="clamp the final relevance at 0 (CLRP's max(0, .))")
     group.add_argument("--composite", choices=list(COMPOSITES), default="dtd", help="rule of each layer kind (default: dtd)")
-    group.add_argument("--rules", metavar="FILE", help="JSON or YAML file of per-node rule overrides (node name, glob or op type -> rule)")
+    group.add_argument("--rules", metavar="FILE|JSON",
+                       help="per-node rule overrides (node name, glob or op type -> rule): a JSON or YAML file, "
+                       "or inline JSON such as '{\"Add\": \"epsilon\"}'")
+    group.add_argument("--attention", choices=["cp", "attnlrp"], default="cp",
+                       help="rule for attention weights: cp (CP-LRP, held constant; default) or attnlrp (AttnLRP)")
     group.add_argument("--low", metavar="L", help="zbox lower input bound: one number, or one per channel (comma-separated)")
     group.add_argument("--high", metavar="H", help="zbox upper input bound: one number, or one per channel (comma-separated)")
     group.add_argument("--preset", help="preprocessing preset that sets the bounds (imagenet, caffe, tf, efficientnet-lite, raw)")
@@ -49,6 +53,7 @@ def convert_kwargs(args: argparse.Namespace) -> dict:
         "gamma": args.gamma,
         "image_input": args.image_input,
         "layout": args.layout,
+        "attention": args.attention,
     }
 
 

@@ -11,10 +11,12 @@ from .convert import add_options
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "inspect",
-        help="list the explained path: node names (for rule overrides), op types, shapes and assigned rules",
+        help="list the explained path: node names (for rule overrides), op types, shapes, assigned rules and "
+        "every node that blocks conversion",
         description="Canonicalise a model as 'convert' would and print each node on the path from the image "
-        "to the logits with its stable name, op type, shapes and the rule it gets. For a converted model, "
-        "also print how it was made.",
+        "to the logits with its stable name, op type, shapes and the rule it gets, then every node that "
+        "blocks conversion with its reason (exit code 5 if there is one). For a converted model, also print how "
+        "it was made.",
     )
     parser.add_argument("model", metavar="MODEL.onnx")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -26,7 +28,7 @@ def describe(path: str, composite: str = "dtd", rules=None, image_input=None, ep
     from sglrp_onnx import metadata
     from sglrp_onnx.composites import assign_rules, first_layers
     from sglrp_onnx.convert import _precheck, canonical_graph, load_rule_file, strip_relevance
-    from sglrp_onnx.emit.relevance import BACKWARD
+    from sglrp_onnx.emit.relevance import BACKWARD, blocking_nodes
     from sglrp_onnx.io import load_model
 
     model = load_model(path)
@@ -39,6 +41,9 @@ def describe(path: str, composite: str = "dtd", rules=None, image_input=None, ep
         rules = load_rule_file(rules)
     assigned = assign_rules(graph, composite, {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma}, rules)
     firsts = first_layers(graph)
+    reasons: dict[str, str] = {}
+    for node, reason in blocking_nodes(graph, assigned):
+        reasons.setdefault(node.name, reason)
     nodes = []
     for node in graph.nodes:
         rule = assigned.get(node.name)
@@ -48,17 +53,23 @@ def describe(path: str, composite: str = "dtd", rules=None, image_input=None, ep
             "inputs": [f"{t}{graph.shape_str(t)}" for t in node.inputs if t and not graph.is_const(t)],
             "outputs": [f"{t}{graph.shape_str(t)}" for t in node.outputs if t],
             "first_layer": node.name in firsts,
-            "rule": rule.name if rule is not None else ("structural" if node.op_type in BACKWARD else "UNSUPPORTED"),
+            "rule": "BLOCKED" if node.name in reasons else (
+                rule.name if rule is not None else ("structural" if node.op_type in BACKWARD else "UNSUPPORTED")),
         })
+    blocking = [{"name": name, "reason": reason} for name, reason in reasons.items()]
     return {"image_input": graph.image, "image_shape": graph.shape_str(graph.image), "logits": graph.logits,
-            "logits_shape": graph.shape_str(graph.logits), "converted_with": made, "nodes": nodes}
+            "logits_shape": graph.shape_str(graph.logits), "converted_with": made, "nodes": nodes, "blocking": blocking}
 
 
 def run(args: argparse.Namespace) -> int:
+    from sglrp_onnx.errors import UnsupportedModelError
+
     info = describe(args.model, args.composite, args.rules, args.image_input, args.epsilon, args.stabilizer, args.gamma)
+    # every node is printed; blocking nodes make the exit code that of an unsupported model
+    status = UnsupportedModelError.exit_code if info["blocking"] else 0
     if args.json:
         print(json.dumps(info, indent=2))
-        return 0
+        return status
     print(f"image input: {info['image_input']} {info['image_shape']}    logits: {info['logits']} {info['logits_shape']}")
     if info["converted_with"]:
         made = info["converted_with"]
@@ -68,4 +79,8 @@ def run(args: argparse.Namespace) -> int:
     for node in info["nodes"]:
         mark = " (first layer)" if node["first_layer"] else ""
         print(f"{node['name']:40} {node['op']:20} {node['rule']:11} {', '.join(node['inputs'])} -> {', '.join(node['outputs'])}{mark}")
-    return 0
+    if info["blocking"]:
+        print(f"\n{len(info['blocking'])} blocking node(s); the model cannot be converted until each is resolved:")
+        for entry in info["blocking"]:
+            print(f"  {entry['name']}: {entry['reason']}")
+    return status

@@ -81,8 +81,12 @@ class Context:
     """
 
     def __init__(self, emitter: Emitter, graph: Graph, rules: dict, bounds: dict, passes: int, nonnegative: set[str],
-                 widen: bool = False):
+                 widen: bool = False, stabilizer: float = 1e-6, attention: str = "cp"):
         self.em = emitter
+        #: the conversion's ``stabilizer``, for the weightless rules of SPEC section 7 that take no override
+        self.stabilizer = stabilizer
+        #: attention rule (SPEC section 7): "cp" (CP-LRP, attention weights as constants) or "attnlrp"
+        self.attention = attention
         #: float16 models: forward tensors are cast to float32 where the relevance part reads them
         self.widen = widen
         self.graph = graph
@@ -99,6 +103,15 @@ class Context:
     def producers(self) -> dict:
         """Producer node of each canonical tensor (the graph does not change while emitting)."""
         return self.graph.producers()
+
+    def computed_inputs(self, node) -> list[int]:
+        """Indices of the inputs of ``node`` that are computed from the image (on the float path).
+
+        Constants and tensors computed only from shapes (an attention scale ``1/sqrt(d)`` taken from
+        ``Shape``, which the canonical graph keeps no producer for) carry no relevance: for the
+        rules they are constants."""
+        return [i for i, name in enumerate(node.inputs)
+                if name and not self.graph.is_const(name) and (name in self.producers or name == self.graph.image)]
 
     def fwd(self, tensor: str) -> str:
         """The forward tensor as the relevance part sees it: float32 (float16 models are cast at
@@ -165,6 +178,16 @@ class Context:
         non_negative = self.em.op("GreaterOrEqual", [z, self.em.const(np.float32(0))], "nonneg")
         shift = self.em.op("Where", [non_negative, self.em.const(np.float32(eps)), self.em.const(np.float32(-eps))], "shift")
         return self.em.op("Add", [z, shift], "stab")
+
+    def reduce_mean(self, x: str, axes: list[int], hint: str = "mean") -> str:
+        """``ReduceMean`` over ``axes`` (kept), in the form of the model's opset (axes an input from 18)."""
+        if self.graph.opset >= 18:
+            return self.em.op("ReduceMean", [x, self.em.const(np.array(axes, np.int64))], hint, keepdims=1)
+        return self.em.op("ReduceMean", [x], hint, axes=list(axes), keepdims=1)
+
+    def reduce_sum(self, x: str, axes: list[int], hint: str = "sum") -> str:
+        """``ReduceSum`` over ``axes`` (kept); axes are an input since opset 13."""
+        return self.em.op("ReduceSum", [x, self.em.const(np.array(axes, np.int64))], hint, keepdims=1)
 
     def add_all(self, terms: list[str], hint: str = "sum") -> str:
         if len(terms) == 1:

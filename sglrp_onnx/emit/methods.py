@@ -33,6 +33,8 @@ class Start:
     logits: str  # [N, K]
     explained_class: str  # int64 [N]
     relevance: str  # [N, K] (signed / lrp) or [2N, K] (scaled)
+    #: ``scaled`` only: the target and the dual part, each [N, K] (the two halves of ``relevance``)
+    halves: tuple[str, str] | None = None
 
 
 def initial_relevance(em: Emitter, logits: str, target: str, classes: int, method: str, contrast: str | None) -> Start:
@@ -63,7 +65,8 @@ def initial_relevance(em: Emitter, logits: str, target: str, classes: int, metho
         dual_part = em.op("Mul", [others, em.op("Div", [z_t, em.const(np.float32(classes - 1))])], "dual_part")
     if contrast == "signed":
         return Start(logits, explained, em.op("Sub", [target_part, dual_part], "initial"))
-    return Start(logits, explained, em.op("Concat", [target_part, dual_part], "initial", axis=0))
+    both = em.op("Concat", [target_part, dual_part], "initial", axis=0)
+    return Start(logits, explained, both, (target_part, dual_part))
 
 
 def combine_scaled(ctx: Context, relevance: str, image: str) -> str:

@@ -97,21 +97,28 @@ def backward_avgpool(ctx: Context, node: Node, relevance_out: list) -> list:
     return [em.op("Mul", [ctx.fwd(x), c], "r")]
 
 
-def _mean_backward(ctx: Context, node: Node, relevance: str, axes: list[int], keepdims: bool) -> str:
+def _mean_backward(ctx: Context, node: Node, relevance: str, axes: list[int], keepdims: bool, mean: bool = True) -> str:
+    """``norm`` over a mean (``mean``) or a sum of the elements along ``axes``:
+    ``R_in = x * broadcast(R / stab(y))``, divided by the count for a mean."""
     em = ctx.em
     x, y = node.inputs[0], node.outputs[0]
     s = em.op("Div", [relevance, ctx.stabilize(ctx.fwd(y), _norm_stabilizer(ctx, node))], "s")
     if not keepdims:
         s = em.op("Unsqueeze", [s, em.const(np.array(axes, np.int64))], "s")
+    if mean:
+        s = em.op("Div", [s, _element_count(ctx, x, axes)], "s")
+    return em.op("Mul", [ctx.fwd(x), s], "r")
+
+
+def _element_count(ctx: Context, x: str, axes: list[int]) -> str:
+    """Number of elements a mean over ``axes`` of ``x`` divides by (static where known)."""
+    em = ctx.em
     shape = ctx.graph.shape(x)
     sizes = [shape[a] for a in axes] if shape is not None else [None]
     if all(d is not None for d in sizes):
-        count = em.const(np.float32(np.prod(sizes)))
-    else:
-        dims = em.op("Gather", [ctx.shape_tensor(x), em.const(np.array(axes, np.int64))], "dims")
-        count = em.op("Cast", [em.op("ReduceProd", [dims], "count", keepdims=0)], "count", to=1)
-    s = em.op("Div", [s, count], "s")
-    return em.op("Mul", [ctx.fwd(x), s], "r")
+        return em.const(np.float32(np.prod(sizes)))
+    dims = em.op("Gather", [ctx.shape_tensor(x), em.const(np.array(axes, np.int64))], "dims")
+    return em.op("Cast", [em.op("ReduceProd", [dims], "count", keepdims=0)], "count", to=1)
 
 
 @register("GlobalAveragePool")
@@ -120,19 +127,38 @@ def backward_global_avgpool(ctx: Context, node: Node, relevance_out: list) -> li
     return [_mean_backward(ctx, node, relevance_out[0], list(range(2, rank)), True)]
 
 
-@register("ReduceMean")
-def backward_reduce_mean(ctx: Context, node: Node, relevance_out: list) -> list:
+def _reduce_axes(ctx: Context, node: Node) -> list[int] | None:
+    """Sorted non-batch axes of a ReduceMean / ReduceSum (attribute or constant input); None
+    for a no-op (empty axes with ``noop_with_empty_axes``)."""
     rank = ctx.rank(node.inputs[0])
     axes = node.attrs.get("axes")
     if axes is None and len(node.inputs) > 1 and node.inputs[1]:
         if not ctx.graph.is_const(node.inputs[1]):
-            raise UnsupportedModelError(f"{node.describe(ctx.graph)}: ReduceMean with axes computed at run time")
+            raise UnsupportedModelError(f"{node.describe(ctx.graph)}: {node.op_type} with axes computed at run time")
         axes = ctx.graph.constants[node.inputs[1]].reshape(-1).tolist()
-    if axes is None:
+    if not axes:
         if node.attrs.get("noop_with_empty_axes", 0):
-            return [relevance_out[0]]
+            return None
         axes = list(range(rank))
-    axes = sorted(int(a) % rank for a in axes)
+    axes = sorted({int(a) % rank for a in axes})
     if 0 in axes:
-        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: ReduceMean over the batch axis cannot be explained per image")
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: {node.op_type} over the batch axis cannot be explained per image")
+    return axes
+
+
+@register("ReduceMean")
+def backward_reduce_mean(ctx: Context, node: Node, relevance_out: list) -> list:
+    axes = _reduce_axes(ctx, node)
+    if axes is None:
+        return [relevance_out[0]]
     return [_mean_backward(ctx, node, relevance_out[0], axes, bool(node.attrs.get("keepdims", 1)))]
+
+
+@register("ReduceSum")
+def backward_reduce_sum(ctx: Context, node: Node, relevance_out: list) -> list:
+    """``norm`` over the summed elements (SPEC section 7): ``R_in = x * broadcast(R / stab(sum))``."""
+    axes = _reduce_axes(ctx, node)
+    unused = [None] * (len(node.inputs) - 1)
+    if axes is None:
+        return [relevance_out[0]] + unused
+    return [_mean_backward(ctx, node, relevance_out[0], axes, bool(node.attrs.get("keepdims", 1)), mean=False)] + unused

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from sglrp_onnx.errors import UnsupportedModelError
-from sglrp_onnx.graph import Graph
+import numpy as np
 
-from . import linear, pooling, structural  # noqa: F401  (they register their builders)
-from .builder import Context
+from sglrp_onnx.errors import UnsupportedModelError
+from sglrp_onnx.graph import FLOAT_TYPES, Graph
+from sglrp_onnx.rules import LinearRule
+
+from . import batchnorm, indexing, linear, normalization, pooling, products, resize, structural  # noqa: F401  (they register their builders)
+from .builder import Context, Emitter
 from .registry import BACKWARD
 
 #: Ops whose output is >= 0 whatever the input, and ops that keep a non-negative input >= 0.
 NONNEGATIVE_OUTPUT = ("Relu", "Sigmoid", "Softmax", "Abs")
 KEEPS_SIGN = ("MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Squeeze",
-              "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Add", "Sum", "Mul")
+              "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Add", "Sum", "Mul", "Gather", "ReduceSum",
+              "Resize")
 
 
 def nonnegative_tensors(graph: Graph) -> set[str]:
@@ -43,8 +47,21 @@ def nonnegative_tensors(graph: Graph) -> set[str]:
     return known
 
 
-def emit_relevance(ctx: Context, start_relevance: str) -> str:
-    """Propagate ``start_relevance`` (at ``graph.logits``) to the image; returns its tensor name."""
+def moves_batch_axis(graph: Graph) -> bool:
+    """Whether the float path moves the batch axis away from axis 0 (torch's multi-head attention
+    works sequence-first). Relevance in two halves of one batch (the ``scaled`` contrast) then
+    cannot tile the forward tensors on axis 0: the two halves are propagated one after the other."""
+    return any(node.op_type == "Transpose" and list(node.attrs.get("perm", [1]))[:1] != [0] for node in graph.nodes)
+
+
+def emit_relevance(ctx: Context, start_relevance: str, blocked: list | None = None) -> str:
+    """Propagate ``start_relevance`` (at ``graph.logits``) to the image; returns its tensor name.
+
+    With ``blocked`` (a list), a node whose relevance cannot be emitted does not stop the walk:
+    ``(node, reason)`` is appended and its computed inputs get a placeholder relevance, so that
+    one walk finds every such node (what :func:`blocking_nodes` reports). The result is then
+    meaningless.
+    """
     graph = ctx.graph
     pending: dict[str, list[str]] = {graph.logits: [start_relevance]}
 
@@ -58,10 +75,18 @@ def emit_relevance(ctx: Context, start_relevance: str) -> str:
         relevance_out = [collect(out) if out else None for out in node.outputs]
         if all(r is None for r in relevance_out):
             continue
-        builder = BACKWARD.get(node.op_type)
-        if builder is None:
-            raise UnsupportedModelError(f"unsupported operator: {node.describe(graph)} has no relevance rule")
-        relevance_in = builder(ctx, node, relevance_out)
+        try:
+            builder = BACKWARD.get(node.op_type)
+            if builder is None:
+                raise UnsupportedModelError(f"unsupported operator: {node.describe(graph)} has no relevance rule")
+            relevance_in = builder(ctx, node, relevance_out)
+        except UnsupportedModelError as error:
+            if blocked is None:
+                raise
+            blocked.append((node, str(error)))
+            placeholder = next(r for r in relevance_out if r is not None)
+            # on to the float inputs only: shape tensors never carry relevance
+            relevance_in = [placeholder if graph.dtypes.get(name, FLOAT_TYPES[0]) in FLOAT_TYPES else None for name in node.inputs]
         for name, relevance in zip(node.inputs, relevance_in):
             if name and relevance is not None and not graph.is_const(name):
                 pending.setdefault(name, []).append(relevance)
@@ -69,3 +94,18 @@ def emit_relevance(ctx: Context, start_relevance: str) -> str:
     if result is None:
         raise UnsupportedModelError(f"no relevance reaches the image input '{graph.image}' from the logits '{graph.logits}'")
     return result
+
+
+def blocking_nodes(graph: Graph, rules: dict) -> list[tuple]:
+    """Every node on the explained path whose relevance rule cannot be emitted, with the reason.
+
+    A dry run of :func:`emit_relevance` on a throw-away emitter; zbox layers get placeholder
+    bounds, so that missing or uncarriable bounds (reported on their own) do not hide these.
+    """
+    placeholder = (np.zeros(1, np.float32), np.ones(1, np.float32))
+    bounds = {name: placeholder for name, rule in rules.items() if isinstance(rule, LinearRule) and rule.needs_bounds}
+    taken = {name for node in graph.nodes for name in (*node.inputs, *node.outputs)}
+    ctx = Context(Emitter(taken), graph, rules, bounds, 1, nonnegative_tensors(graph))
+    blocked: list[tuple] = []
+    emit_relevance(ctx, "sglrp/dry_run_start", blocked)
+    return blocked

@@ -13,11 +13,13 @@ from sglrp_onnx.errors import UnsupportedModelError
 from sglrp_onnx.graph import Node
 
 from .builder import Context
+from .indexing import strided_slice_backward
+from .products import unbroadcast as _unbroadcast
 from .registry import register
 
 ACTIVATIONS = (
     "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu",
-    "Celu", "Gelu", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Erf", "LRN", "BatchNormalization",
+    "Celu", "Gelu", "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Erf", "LRN",
     "Neg", "Abs", "Swish",
 )
 
@@ -29,93 +31,51 @@ def backward_pass(ctx: Context, node: Node, relevance_out: list) -> list:
 
 
 def _computed(ctx: Context, node: Node) -> list[int]:
-    return [i for i, name in enumerate(node.inputs) if name and not ctx.graph.is_const(name)]
-
-
-def _unbroadcast(ctx: Context, relevance: str, tensor: str, out: str) -> str:
-    """Sum relevance over the axes along which ``tensor`` was broadcast to the output's shape."""
-    shape, out_shape = ctx.graph.shape(tensor), ctx.graph.shape(out)
-    if shape == out_shape:
-        return relevance
-    if shape is None or out_shape is None:
-        raise UnsupportedModelError(f"cannot undo the broadcast of '{tensor}' to '{out}': shapes unknown")
-    padded = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
-    axes = [i for i, (a, b) in enumerate(zip(padded, out_shape)) if a == 1 and b != 1]
-    if axes:
-        relevance = ctx.em.op("ReduceSum", [relevance, ctx.em.const(np.array(axes, np.int64))], "unbroadcast", keepdims=1)
-    if len(shape) != len(out_shape):
-        relevance = ctx.em.op("Reshape", [relevance, ctx.batch_shape(tensor)], "unbroadcast")
-    return relevance
+    return ctx.computed_inputs(node)
 
 
 @register("Add", "Sum")
 def backward_sum(ctx: Context, node: Node, relevance_out: list) -> list:
-    """``norm`` over the computed summands: ``R_i = a_i * R / stab(sum)``; constants: ``pass``."""
+    """``norm`` over the computed summands: ``R_i = a_i * R / stab(sum)``.
+
+    A constant summand (a bias, a position embedding) lets relevance ``pass`` by default; with an
+    ``epsilon`` / ``zero`` override it absorbs its share, as gradient x input does (SPEC section 7).
+    """
     computed = _computed(ctx, node)
     relevance = relevance_out[0]
     result: list = [None] * len(node.inputs)
-    if len(computed) == 1:
+    rule = ctx.rules.get(node.name)
+    if len(computed) == 1 and (rule is None or rule.name not in ("epsilon", "zero")):
         result[computed[0]] = _unbroadcast(ctx, relevance, node.inputs[computed[0]], node.outputs[0])
         return result
+    return _signed_sum(ctx, node, relevance, computed, [1.0] * len(node.inputs))
+
+
+def _signed_sum(ctx: Context, node: Node, relevance: str, computed: list[int], signs: list[float]) -> list:
+    """LRP-0 of ``sum_i sign_i * a_i``: ``R_i = sign_i * a_i * R / stab(out)`` (constants absorb theirs)."""
     rule = ctx.rules.get(node.name)
-    stabilizer = getattr(rule, "stabilizer", 1e-6)
+    stabilizer = float(getattr(rule, "stabilizer", ctx.stabilizer)) if rule is not None else ctx.stabilizer
     s = ctx.em.op("Div", [relevance, ctx.stabilize(ctx.fwd(node.outputs[0]), stabilizer)], "s")
+    result: list = [None] * len(node.inputs)
     for i in computed:
-        share = ctx.mul(ctx.fwd(node.inputs[i]), s, "r")
+        share = ctx.scale(ctx.mul(ctx.fwd(node.inputs[i]), s, "r"), signs[i], "signed")
         result[i] = _unbroadcast(ctx, share, node.inputs[i], node.outputs[0])
     return result
 
 
 @register("Sub", "Div")
 def backward_constant_affine(ctx: Context, node: Node, relevance_out: list) -> list:
+    """By a constant: ``pass``. ``a - b`` of two computed tensors (PoolFormer's ``pool(x) - x``):
+    LRP-0 of the signed sum, ``R_a = a R / stab(a - b)``, ``R_b = -b R / stab(a - b)`` (SPEC section 7)."""
     computed = _computed(ctx, node)
+    if node.op_type == "Sub" and len(computed) == 2:
+        return _signed_sum(ctx, node, relevance_out[0], computed, [1.0, -1.0])
     if len(computed) != 1 or (node.op_type == "Div" and computed[0] != 0):
         raise UnsupportedModelError(
             f"{node.describe(ctx.graph)}: {node.op_type} of two computed tensors has no relevance rule"
         )
     result: list = [None] * len(node.inputs)
     result[computed[0]] = _unbroadcast(ctx, relevance_out[0], node.inputs[computed[0]], node.outputs[0])
-    return result
-
-
-def _depends_on(ctx: Context, tensor: str, source: str) -> bool:
-    """Whether ``tensor`` is computed from ``source`` in the canonical graph."""
-    producers = ctx.producers
-    stack, seen = [tensor], set()
-    while stack:
-        name = stack.pop()
-        if name == source:
-            return True
-        if name in seen:
-            continue
-        seen.add(name)
-        node = producers.get(name)
-        if node is not None:
-            stack.extend(n for n in node.inputs if n)
-    return False
-
-
-@register("Mul")
-def backward_mul(ctx: Context, node: Node, relevance_out: list) -> list:
-    """By a constant: ``pass``. By a gate computed from the tensor itself: all to that tensor."""
-    computed = _computed(ctx, node)
-    result: list = [None] * len(node.inputs)
-    if len(computed) == 1:
-        result[computed[0]] = _unbroadcast(ctx, relevance_out[0], node.inputs[computed[0]], node.outputs[0])
-        return result
-    a, b = node.inputs[0], node.inputs[1]
-    if a == b:
-        result[0] = relevance_out[0]
-        return result
-    if _depends_on(ctx, b, a):
-        result[0] = _unbroadcast(ctx, relevance_out[0], a, node.outputs[0])
-    elif _depends_on(ctx, a, b):
-        result[1] = _unbroadcast(ctx, relevance_out[0], b, node.outputs[0])
-    else:
-        raise UnsupportedModelError(
-            f"{node.describe(ctx.graph)}: Mul of two independent computed tensors has no relevance rule "
-            "(only a gate computed from the tensor it multiplies is supported)"
-        )
     return result
 
 
@@ -130,7 +90,7 @@ def backward_reshape(ctx: Context, node: Node, relevance_out: list) -> list:
 def backward_transpose(ctx: Context, node: Node, relevance_out: list) -> list:
     rank = ctx.rank(node.inputs[0])
     perm = list(node.attrs.get("perm", list(reversed(range(rank)))))
-    if perm[0] != 0:
+    if perm[0] != 0 and ctx.passes > 1:
         raise UnsupportedModelError(f"{node.describe(ctx.graph)}: a Transpose that moves the batch axis is not supported")
     inverse = [0] * rank
     for i, p in enumerate(perm):
@@ -153,7 +113,7 @@ def _axis_sizes(ctx: Context, node: Node, tensors: list[str], axis: int) -> str:
 def backward_concat(ctx: Context, node: Node, relevance_out: list) -> list:
     rank = ctx.rank(node.outputs[0])
     axis = int(node.attrs["axis"]) % rank
-    if axis == 0:
+    if axis == 0 and ctx.passes > 1:
         raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Concat along the batch axis is not supported")
     inputs = [name for name in node.inputs if name]
     if len(inputs) == 1:
@@ -166,7 +126,7 @@ def backward_concat(ctx: Context, node: Node, relevance_out: list) -> list:
 def backward_split(ctx: Context, node: Node, relevance_out: list) -> list:
     rank = ctx.rank(node.inputs[0])
     axis = int(node.attrs.get("axis", 0)) % rank
-    if axis == 0:
+    if axis == 0 and ctx.passes > 1:
         raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Split along the batch axis is not supported")
     pieces = []
     for out, relevance in zip(node.outputs, relevance_out):
@@ -211,7 +171,8 @@ def backward_slice(ctx: Context, node: Node, relevance_out: list) -> list:
 
     With constant starts/ends and static sizes the padding is computed here; otherwise (channel
     splits exported as Slice with starts computed from shapes) it is computed at run time from the
-    forward's own starts/ends tensors.
+    forward's own starts/ends tensors. Steps other than 1 (negative too) go to
+    :func:`.indexing.strided_slice_backward`.
     """
     x = node.inputs[0]
     shape = ctx.graph.shape(x)
@@ -229,10 +190,10 @@ def backward_slice(ctx: Context, node: Node, relevance_out: list) -> list:
     if axes is None:
         raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice whose axes cannot be known")
     axes = [a % rank for a in axes]
-    if 0 in axes:
+    if 0 in axes and ctx.passes > 1:
         raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice along the batch axis is not supported")
-    if any(step != 1 for step in steps):
-        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Slice with steps other than 1 is not supported")
+    if any(step != 1 for step in steps):  # strided or reversed: selection matrices (emit/indexing.py)
+        return [strided_slice_backward(ctx, node, relevance_out[0], axes, starts, ends, steps)] + [None] * (len(node.inputs) - 1)
     static = starts is not None and ends is not None and all(shape[a] is not None for a in axes)
     if static:
         pads = [0] * rank * 2

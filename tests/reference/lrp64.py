@@ -16,7 +16,7 @@ import fnmatch
 
 import numpy as np
 
-from .netspec import NetSpec, pool_out_size, resolve_conv_pads
+from .netspec import NetSpec, pool_out_size, resolve_conv_pads, slice_index
 
 F32_TINY = float(np.finfo(np.float32).tiny)
 COMPOSITES = ("dtd", "epsilon-gamma-box", "epsilon-plus", "epsilon-plus-flat",
@@ -200,6 +200,71 @@ def _affine(x, a):
         lhs, rhs)
 
 
+def _source_coordinate(o, n_in, n_out, scale, mode, roi):
+    """Where output position o samples the input (ONNX Resize's coordinate transformations,
+    written from the operator's definition, in float64)."""
+    if mode == "asymmetric":
+        return o / scale
+    if mode == "half_pixel":
+        return (o + 0.5) / scale - 0.5
+    if mode == "pytorch_half_pixel":
+        return (o + 0.5) / scale - 0.5 if n_out > 1 else 0.0
+    if mode == "align_corners":
+        return 0.0 if n_out == 1 else o * (n_in - 1) / (n_out - 1)
+    if mode == "tf_half_pixel_for_nn":
+        return (o + 0.5) / scale
+    if mode == "half_pixel_symmetric":
+        return n_in / 2 * (1 - n_out / (scale * n_in)) + (o + 0.5) / scale - 0.5
+    if mode == "tf_crop_and_resize":
+        lo, hi = roi
+        if n_out == 1:
+            return 0.5 * (lo + hi) * (n_in - 1)
+        return lo * (n_in - 1) + o * (hi - lo) * (n_in - 1) / (n_out - 1)
+    raise ValueError(mode)
+
+
+def resize_maps(in_shape, a):
+    """[(axis, M [out, in])] of a Resize: nearest picks one pixel, linear mixes the two around
+    the source coordinate (clamped to the input); tf_crop_and_resize is 0 outside the input."""
+    rank = len(in_shape)
+    axes = a.get("axes", list(range(rank)))
+    scales = [1.0] * rank
+    outs = list(in_shape)
+    for i, axis in enumerate(axes):
+        if a.get("sizes") is not None:
+            outs[axis] = a["sizes"][i]
+            scales[axis] = outs[axis] / in_shape[axis]
+        else:
+            scales[axis] = float(np.float32(a["scales"][i]))
+            outs[axis] = int(np.floor(in_shape[axis] * scales[axis]))
+    ctm = a.get("coordinate_transformation_mode", "half_pixel")
+    nearest = a.get("nearest_mode", "round_prefer_floor")
+    roi = a.get("roi")
+    maps = []
+    for axis in range(rank):
+        if scales[axis] == 1.0:
+            continue
+        n_in, n_out = in_shape[axis], outs[axis]
+        M = np.zeros((n_out, n_in))
+        for o in range(n_out):
+            span = (roi[axis], roi[rank + axis]) if roi is not None else (0.0, 1.0)
+            c = _source_coordinate(o, n_in, n_out, scales[axis], ctm, span)
+            if ctm == "tf_crop_and_resize" and not 0 <= c <= n_in - 1:
+                continue  # extrapolation value 0
+            if a["mode"] == "nearest":
+                i = {"round_prefer_floor": np.ceil(c - 0.5), "round_prefer_ceil": np.floor(c + 0.5),
+                     "floor": np.floor(c), "ceil": np.ceil(c)}[nearest]
+                M[o, int(min(max(i, 0), n_in - 1))] = 1.0
+            else:
+                c = min(max(c, 0.0), n_in - 1.0)
+                i0 = int(np.floor(c))
+                i1 = min(i0 + 1, n_in - 1)
+                M[o, i0] += 1.0 - (c - i0)
+                M[o, i1] += c - i0
+        maps.append((axis, M))
+    return maps
+
+
 def _reshape_target(in_shape, shape):
     return [in_shape[i] if v == 0 else v for i, v in enumerate(shape)]
 
@@ -265,6 +330,16 @@ def forward(spec: NetSpec, x) -> dict:
             y = x0
         elif op == "Affine":
             y = _affine(x0, a)
+        elif op == "ReduceSum":
+            y = x0.sum(axis=tuple(a["axes"]), keepdims=bool(a["keepdims"]))
+        elif op == "Gather":
+            y = np.take(x0, a["indices"], axis=a["axis"])
+        elif op == "Slice":
+            y = x0[slice_index(x0.ndim, a)]
+        elif op == "Resize":
+            y = x0
+            for axis, M in resize_maps(x0.shape, a):
+                y = np.moveaxis(np.tensordot(M, np.moveaxis(y, axis, 0), axes=1), 0, axis)
         elif op == "Softmax":
             e = np.exp(x0 - x0.max(axis=-1, keepdims=True))
             y = e / e.sum(axis=-1, keepdims=True)
@@ -524,6 +599,23 @@ def select_rule(lin: Lin, first: bool, composite, overrides):
     return composite_rule(composite, lin, first)
 
 
+def weightless_rule(n, overrides, default, epsilon, stabilizer):
+    """Rule of a weightless node after overrides (exact name > glob > op type), with the
+    stabiliser it uses as ``eps`` (``epsilon`` for the epsilon rule)."""
+    overrides = overrides or {}
+    rule = overrides.get(n.name)
+    if rule is None:
+        globs = [k for k in overrides if any(ch in k for ch in "*?[") and
+                 fnmatch.fnmatchcase(n.name, k)]
+        rule = overrides[globs[0]] if globs else overrides.get(n.op, default)
+    rule = dict({"rule": rule} if isinstance(rule, str) else rule)
+    if rule["rule"] == "epsilon":
+        rule["eps"] = rule.get("epsilon", epsilon)
+    else:
+        rule["eps"] = rule.get("stabilizer", stabilizer)
+    return rule
+
+
 def apply_linear_rule(lin: Lin, a, R, rule: dict, stabilizer, bounds=None, report=None):
     """Relevance at the input of a linear layer (SPEC section 4)."""
     name = rule["rule"]
@@ -710,8 +802,48 @@ def propagate(can: Canonical, T: dict, R_logits, composite, overrides, stabilize
             continue
         op, a = n.op, n.attrs
         x0 = T[n.inputs[0]]
-        if op in ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "BatchNormalization", "Affine"):
+        if op in ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Affine"):
             add(n.inputs[0], Ro)
+        elif op == "BatchNormalization":
+            # SPEC section 5: epsilon rule of the affine map y = a*x + c with `stabilizer`
+            rule = weightless_rule(n, overrides, "zero", bounds_cfg["epsilon"], stabilizer)
+            if rule["rule"] == "pass":
+                add(n.inputs[0], Ro)
+            else:
+                y = T[n.out]
+                shp = (1, -1) + (1,) * (x0.ndim - 2)
+                slope = (n.params["scale"] / np.sqrt(n.params["var"] + a["epsilon"])).reshape(shp)
+                offset = _bn(np.zeros_like(x0[:1]), n.params, a["epsilon"])
+                _kappa(report, n.name, Ro, y, np.abs(slope * x0) + np.abs(offset))
+                add(n.inputs[0], slope * x0 * Ro / stab(y, rule["eps"]))
+        elif op == "ReduceSum":
+            axes = tuple(ax % x0.ndim for ax in a["axes"])
+            z = x0.sum(axis=axes, keepdims=True)
+            _kappa(report, n.name, Ro.reshape(z.shape), z, np.abs(x0).sum(axis=axes, keepdims=True))
+            add(n.inputs[0], x0 * (Ro.reshape(z.shape) / stab(z, stabilizer)))
+        elif op == "Gather":
+            back = np.zeros_like(x0)
+            idx = np.asarray(a["indices"]) % x0.shape[a["axis"]]
+            moved = np.moveaxis(back, a["axis"], 0)  # a view: adding into it fills `back`
+            Rm = np.moveaxis(Ro.reshape(x0.shape[:a["axis"]] + (idx.size,) + x0.shape[a["axis"] + 1:]),
+                             a["axis"], 0)
+            np.add.at(moved, idx.reshape(-1), Rm)
+            add(n.inputs[0], back)
+        elif op == "Slice":
+            back = np.zeros_like(x0)
+            back[slice_index(x0.ndim, a)] = Ro
+            add(n.inputs[0], back)
+        elif op == "Resize":
+            y = T[n.out]
+            maps = resize_maps(x0.shape, a)
+            s = Ro / stab(y, stabilizer)
+            mag = np.abs(x0)
+            for axis, M in maps:  # |x| through the same (nonnegative) map, for the conditioning
+                mag = np.moveaxis(np.tensordot(M, np.moveaxis(mag, axis, 0), axes=1), 0, axis)
+            _kappa(report, n.name, Ro, y, mag)
+            for axis, M in reversed(maps):
+                s = np.moveaxis(np.tensordot(M.T, np.moveaxis(s, axis, 0), axes=1), 0, axis)
+            add(n.inputs[0], x0 * s)
         elif op == "MaxPool":
             _, _, gap = maxpool_forward(x0, a, return_index=True)
             y = T[n.out]

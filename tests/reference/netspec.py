@@ -118,6 +118,14 @@ def pool_out_size(n, k, s, d, p0, p1, ceil_mode):
     return out
 
 
+def slice_index(rank, a):
+    """numpy index of an ONNX Slice with attrs starts/ends/axes/steps (Python slice semantics)."""
+    index = [slice(None)] * rank
+    for start, end, axis, step in zip(a["starts"], a["ends"], a["axes"], a["steps"]):
+        index[axis % rank] = slice(start, end, step)
+    return tuple(index)
+
+
 # ---------------------------------------------------------------------------------------------
 # shape inference
 
@@ -187,6 +195,21 @@ def infer_shape(layer: Layer, in_shapes: list) -> tuple:
     if op == "Affine":
         const = np.asarray(a["const"])
         return np.broadcast_shapes((1,) + x, const.shape)[1:]
+    if op == "ReduceSum":
+        axes = [ax % (len(x) + 1) for ax in a["axes"]]
+        if a["keepdims"]:
+            return tuple(1 if i + 1 in axes else n for i, n in enumerate(x))
+        return tuple(n for i, n in enumerate(x) if i + 1 not in axes)
+    if op == "Gather":
+        return np.take(np.empty((1,) + x), np.asarray(a["indices"]), axis=a["axis"]).shape[1:]
+    if op == "Slice":
+        return np.empty((1,) + x)[slice_index(len(x) + 1, a)].shape[1:]
+    if op == "Resize":
+        full = [1] + list(x)
+        axes = a.get("axes", list(range(len(full))))
+        for axis, v in zip(axes, a["sizes"] if a.get("sizes") is not None else a["scales"]):
+            full[axis] = int(v) if a.get("sizes") is not None else int(math.floor(full[axis] * np.float32(v)))
+        return tuple(full[1:])
     # elementwise and same-shape ops
     return x
 
@@ -440,6 +463,41 @@ class NetBuilder:
         self.signs[layer_out] = np.broadcast_to(
             cs.reshape((-1,) + (1,) * (len(shp) - 1)), shp).astype(float)
         return layer_out
+
+    def reduce_sum(self, x, axes, keepdims=1, name=None):
+        """ReduceSum over non-batch axes; a sum keeps the sign its elements share (nan if mixed)."""
+        out = self._add("ReduceSum", [x], {"axes": list(axes), "keepdims": int(keepdims)},
+                        name=name)
+        sg = self.signs[x]
+        red = tuple(ax - 1 for ax in axes)
+        pos, neg = (sg > 0).all(axis=red, keepdims=True), (sg < 0).all(axis=red, keepdims=True)
+        zero = (sg == 0).all(axis=red, keepdims=True)
+        out_sg = np.where(pos, 1.0, np.where(neg, -1.0, np.where(zero, 0.0, np.nan)))
+        self.signs[out] = out_sg.reshape(self.shape(out))
+        return out
+
+    def gather(self, x, indices, axis, name=None):
+        """Gather with constant indices (any rank, negative and repeated ones allowed)."""
+        out = self._add("Gather", [x], {"indices": np.asarray(indices, np.int64), "axis": axis},
+                        name=name)
+        self.signs[out] = np.take(self.signs[x], np.asarray(indices), axis=axis - 1)
+        return out
+
+    def slice(self, x, starts, ends, axes, steps, name=None):
+        a = {"starts": list(starts), "ends": list(ends), "axes": list(axes), "steps": list(steps)}
+        out = self._add("Slice", [x], a, name=name)
+        self.signs[out] = self.signs[x][None][slice_index(len(self.shape(x)) + 1, a)][0]
+        return out
+
+    def resize(self, x, mode="nearest", scales=None, sizes=None, name=None, **attrs):
+        """Resize of the spatial axes (weights >= 0: the channel signs are kept)."""
+        a = {"mode": mode, "scales": None if scales is None else [float(v) for v in scales],
+             "sizes": None if sizes is None else [int(v) for v in sizes], **attrs}
+        out = self._add("Resize", [x], a, name=name)
+        shp = self.shape(out)
+        cs = self.channel_signs(x)
+        self.signs[out] = np.broadcast_to(cs.reshape((-1,) + (1,) * (len(shp) - 1)), shp)
+        return out
 
     # -- merges --------------------------------------------------------------------------------
     @staticmethod

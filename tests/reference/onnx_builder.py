@@ -104,6 +104,24 @@ def build_model(spec: NetSpec, check: bool = True, dynamic_spatial: bool = False
             nodes.append(helper.make_node(
                 "Pad", [x[0], init(f"{n}.pads", a["pads"], np.int64)], [out], name=n,
                 mode="constant"))
+        elif L.op == "ReduceSum":  # axes became an input at opset 13
+            if opset >= 13:
+                nodes.append(helper.make_node(
+                    "ReduceSum", [x[0], init(f"{n}.axes", a["axes"], np.int64)], [out], name=n,
+                    keepdims=a["keepdims"]))
+            else:
+                nodes.append(helper.make_node("ReduceSum", [x[0]], [out], name=n,
+                                              axes=a["axes"], keepdims=a["keepdims"]))
+        elif L.op == "Gather":
+            nodes.append(helper.make_node(
+                "Gather", [x[0], init(f"{n}.indices", a["indices"], np.int64)], [out], name=n,
+                axis=a["axis"]))
+        elif L.op == "Slice":
+            ins = [x[0]] + [init(f"{n}.{k}", a[k], np.int64) for k in ("starts", "ends", "axes",
+                                                                         "steps")]
+            nodes.append(helper.make_node("Slice", ins, [out], name=n))
+        elif L.op == "Resize":
+            nodes.append(_resize_node(L, init, opset))
         elif L.op == "Affine":
             c = init(f"{n}.const", a["const"], np.float32)
             ins = [c, x[0]] if a.get("reverse") else [x[0], c]
@@ -128,3 +146,24 @@ def build_model(spec: NetSpec, check: bool = True, dynamic_spatial: bool = False
     if check:
         onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _resize_node(L, init, opset):
+    """Resize (opset >= 11: X, roi, scales, sizes; opset 10: X, scales) or, below opset 10,
+    Upsample (scales as an input at opset 9)."""
+    a, n = L.attrs, L.name
+    extra = {k: v for k, v in a.items() if k not in ("mode", "scales", "sizes", "roi")}
+    if opset < 10:
+        return helper.make_node("Upsample", [L.inputs[0], init(f"{n}.scales", a["scales"], np.float32)],
+                                [L.output], name=n, mode=a["mode"])
+    if opset == 10:
+        return helper.make_node("Resize", [L.inputs[0], init(f"{n}.scales", a["scales"], np.float32)],
+                                [L.output], name=n, mode=a["mode"])
+    roi = init(f"{n}.roi", a["roi"], np.float32) if a.get("roi") is not None else ""
+    if a.get("sizes") is not None:
+        ins = [L.inputs[0], roi or init(f"{n}.roi", np.zeros(0), np.float32),
+               init(f"{n}.scales", np.zeros(0), np.float32), init(f"{n}.sizes", a["sizes"], np.int64)]
+    else:
+        ins = [L.inputs[0], roi or init(f"{n}.roi", np.zeros(0), np.float32),
+               init(f"{n}.scales", a["scales"], np.float32)]
+    return helper.make_node("Resize", ins, [L.output], name=n, mode=a["mode"], **extra)

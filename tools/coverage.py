@@ -933,11 +933,13 @@ def phase_report(args, entries, timings):
         "- **converts**: `sglrp_onnx.convert(..., method='sglrp', composite='dtd')` with the bounds above, "
         "and its time;",
         "- **originals unchanged**: every original output of the converted model against the original "
-        "model on the same batch: `bitwise`, else the largest absolute difference (ok up to 1e-6 of the "
-        "outputs' scale);",
+        "model on the same batch, both run with ONNX Runtime's graph optimisations off (so that the same "
+        "kernels run; with them on, fusion choices differ once intermediate tensors gain consumers, by about "
+        "1e-6 relative): `bitwise`, else the largest absolute difference (ok up to 1e-6 of the outputs' scale);",
         "- **relevance finite**: the SGLRP/dtd relevance holds no NaN/Inf (`all zero` flagged);",
         "- **lrp-eps sum/logit**: max over the batch of |sum(relevance) / logit| for `--method lrp "
-        "--composite epsilon` (1 = perfect conservation; biases and the stabiliser move it);",
+        "--composite epsilon` and the predicted class (1 = perfect conservation; biases, BatchNorm shifts and the "
+        "stabiliser move it; values far from 1 flag numerically fragile models, `NaN/Inf` an overflow);",
         "- **reference in tests**: which independent oracle checks this architecture in the test suite (only "
         "tests that exist in this checkout); `smoke` = converts and conserves, no oracle;",
         "- **reason**: the refusal or failure message.",

@@ -219,6 +219,18 @@ def _torch_input_size(model, name, preferred):
     raise RuntimeError(f"forward fails at sizes {sizes}: {error}")
 
 
+def _torchvision_params(name, kwargs):
+    """Parameter count without allocating the model: from the weights' metadata, else on the meta device."""
+    import torch
+    import torchvision
+
+    try:
+        return int(torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"])
+    except Exception:  # noqa: BLE001 - no weights entry: count on the meta device
+        with torch.device("meta"):
+            return sum(p.numel() for p in torchvision.models.get_model(name, **kwargs).parameters())
+
+
 def export_torch(source, name, exporter, path, meta, threads, max_params):
     import torch
 
@@ -230,8 +242,7 @@ def export_torch(source, name, exporter, path, meta, threads, max_params):
         kwargs = {"weights": None}
         if name in ("googlenet", "inception_v3"):
             kwargs.update(aux_logits=False, init_weights=True)
-        with torch.device("meta"):
-            n_params = sum(p.numel() for p in torchvision.models.get_model(name, **kwargs).parameters())
+        n_params = _torchvision_params(name, kwargs)
         meta["params"] = n_params
         if n_params > max_params:
             meta["skipped"] = f"too large for the 2-core sweep ({n_params / 1e6:.0f} M parameters)"
@@ -854,6 +865,9 @@ def phase_report(args, entries, timings):
             if res.get("error_type") not in (None, "UnsupportedModelError", "RuleError", "ModelLoadError",
                                              "UnsafeModelError", "UsageError"):
                 status = f"engine error ({res.get('error_type')})"  # a crash, not a refusal
+                frames = re.findall(r'File "[^"]*/(sglrp_onnx/[^"]+)", line (\d+)', res.get("traceback", ""))
+                if frames:
+                    reason = f"{reason} (at {frames[-1][0]}:{frames[-1][1]})"
         else:
             status = res.get("status", "?")
             reason = res.get("reason") or ""

@@ -629,9 +629,13 @@ def check_one(args) -> None:
     # epsilon-LRP: relevance should sum to about the explained logit (conservation up to biases)
     try:
         start = time.perf_counter()
+        del ref_session, conv_session, converted, original  # memory: big models run close to the limit
         eps_model = sglrp_onnx.convert(str(path), method="lrp", composite="epsilon", **kwargs)
-        eps_out = dict(zip([o.name for o in session_of(eps_model).get_outputs()],
-                           session_of(eps_model).run(None, {image_name: x, target_name: np.full(n, -1, np.int64)})))
+        eps_session = session_of(eps_model)
+        del eps_model
+        eps_out = dict(zip([o.name for o in eps_session.get_outputs()],
+                           eps_session.run(None, {image_name: x, target_name: np.full(n, -1, np.int64)})))
+        del eps_session
         r = eps_out[info.get(md.RELEVANCE_OUTPUT, "relevance")].reshape(n, -1).astype(np.float64)
         z = eps_out[info.get(md.LOGITS_OUTPUT, "logits")]
         cls = eps_out[info.get(md.EXPLAINED_CLASS_OUTPUT, "explained_class")]
@@ -763,8 +767,8 @@ def phase_check(args, entries):
             if rpath.exists():
                 rpath.unlink()
             continue
-        if args.missing and rpath.exists():
-            continue
+        if args.missing and rpath.exists() and json.loads(rpath.read_text()).get("status") != "crashed":
+            continue  # --missing: no result yet, or the last check crashed (killed for memory, ...)
         todo.append(mid)
     todo.sort(key=_priority)
     print(f"check: {len(todo)} models", flush=True)
@@ -1019,7 +1023,7 @@ def main(argv=None):
                         help="skip models with more parameters (default %(default).0f)")
     parser.add_argument("--reexport", action="store_true", help="export again even where the file is cached")
     parser.add_argument("--retry-failed", action="store_true", help="export again where the last export failed")
-    parser.add_argument("--missing", action="store_true", help="check only models without a cached result")
+    parser.add_argument("--missing", action="store_true", help="check only models without a cached result (or whose check crashed)")
     parser.add_argument("--batch", type=int, default=8, help="models per worker process (default %(default)s)")
     parser.add_argument("--model-timeout", type=int, default=600, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

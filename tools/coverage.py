@@ -828,7 +828,8 @@ def _versions() -> dict[str, str]:
         except Exception:  # noqa: BLE001
             out[module] = "not installed"
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", "sglrp_onnx"], cwd=REPO, capture_output=True,
+                                text=True)  # the last commit that changed the engine
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "sglrp_onnx"], cwd=REPO, capture_output=True,
                                text=True)
         out["engine commit"] = commit.stdout.strip() + (" (with local changes)" if dirty.stdout.strip() else "")

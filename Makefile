@@ -11,8 +11,11 @@ $(VENV)/.core: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[cpu,test]'
 	touch $@
 
+# lxt (the transformer oracle of tests/test_lxt_vit.py) without its heavy optional requirements;
+# what its import chain needs (transformers<4.54, tabulate) comes with the torch extra.
 $(VENV)/.torch: $(VENV)/.core
 	$(PY) -m pip install --quiet -e '.[cpu,test,torch]'
+	$(PY) -m pip install --quiet --no-deps lxt==2.1
 	touch $@
 
 ## make demo: convert the bundled EfficientNet-Lite0 and explain the bundled photo -> demo-out/*.png

@@ -17,7 +17,7 @@ import numpy as np
 
 from sglrp_onnx.canonicalize.find_io import float_path
 from sglrp_onnx.errors import RuleError
-from sglrp_onnx.graph import Graph, Node
+from sglrp_onnx.graph import FLOAT_TYPES, Graph, Node
 
 Bounds = tuple[np.ndarray, np.ndarray]
 
@@ -78,8 +78,8 @@ def _full(graph: Graph, node: Node, bounds: Bounds, tensor: str) -> Bounds:
 def _carry(graph: Graph, node: Node, known: dict[str, Bounds]) -> Bounds:
     op = node.op_type
     source = node.inputs[0]
-    if op in IDENTITIES:
-        return known[source]
+    if op in IDENTITIES or (op == "Cast" and node.attrs.get("to") in FLOAT_TYPES):
+        return known[source]  # a float-to-float cast keeps the values' range
     if op in ("Add", "Sub", "Mul", "Div"):
         first, second = node.inputs[:2]
         if first in known and graph.is_const(second):

@@ -28,7 +28,22 @@ COMPOSITES: dict[str, tuple[str, str, str, str]] = {
     "epsilon-alpha2-beta1": ("alphabeta", "epsilon", "alphabeta", "epsilon"),
     "epsilon-alpha2-beta1-flat": ("flat", "flat", "alphabeta", "epsilon"),
     "epsilon": ("epsilon", "epsilon", "epsilon", "epsilon"),
+    # transformers (ViT, DeiT, Swin, ...): LXT's ViT recipe, measured in README "Choosing a composite"
+    "transformer": ("epsilon", "epsilon", "gamma", "gamma"),
 }
+
+#: gamma of the gamma rule where the user gives none: 0.25 (Zennit's default), 0.05 for the
+#: transformer composite (the gamma of LXT's ViT recipe, which measured best on a ViT).
+DEFAULT_GAMMA = 0.25
+COMPOSITE_GAMMA = {"transformer": 0.05}
+
+#: Composites whose sums (residual adds, position embeddings) take the epsilon rule: a constant
+#: summand then absorbs its share, as gradient x input does (LXT; SPEC section 7).
+EPSILON_SUMS = ("transformer",)
+
+
+def default_gamma(composite: str) -> float:
+    return COMPOSITE_GAMMA.get(composite, DEFAULT_GAMMA)
 
 #: Weightless ops whose relevance rule is ``norm`` (the others pass relevance through or have
 #: their own structural rule, see :mod:`sglrp_onnx.emit`).
@@ -87,10 +102,14 @@ def assign_rules(
             name = first_conv if node.name in firsts else conv
         elif node.op_type == "Dense":
             name = first_dense if node.name in firsts else dense
+        elif node.op_type in ("Add", "Sum") and composite in EPSILON_SUMS:
+            rules[node.name] = make_rule("epsilon", defaults)
+            continue
         elif node.op_type in NORM_OPS:
             rules[node.name] = norm_rule(defaults["stabilizer"])
             continue
-        elif node.op_type in AFFINE_OPS:
+        elif node.op_type in AFFINE_OPS or node.op_type == "Normalization":
+            # LRP-0 of an affine map (sigma held constant for the normalisations), SPEC 5 and 7
             rules[node.name] = zero_rule(defaults["stabilizer"])
             continue
         else:

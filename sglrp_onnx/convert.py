@@ -20,7 +20,7 @@ from onnx import checker, helper, version_converter
 from sglrp_onnx import metadata
 from sglrp_onnx.bounds import bounds_at_input, bounds_for_tensor, carry_bounds
 from sglrp_onnx.canonicalize import canonicalize, fold_model_constants, fold_pad_into_conv, fold_shape_computations
-from sglrp_onnx.composites import assign_rules
+from sglrp_onnx.composites import assign_rules, default_gamma
 from sglrp_onnx.emit.builder import PREFIX, Context, Emitter
 from sglrp_onnx.emit.methods import CONTRASTS, DEFAULT_CONTRAST, METHODS, combine_scaled, initial_relevance
 from sglrp_onnx.emit.relevance import blocking_nodes, emit_relevance, moves_batch_axis, nonnegative_tensors
@@ -318,7 +318,8 @@ def convert(
     Parameters follow SPEC sections 3-4: ``method`` (lrp, clrp, sglrp), ``contrast`` (signed,
     scaled; None = the method's default), ``positive`` (clamp at 0), ``composite``, zbox bounds
     ``low``/``high`` (one number or one per channel of the image input), ``epsilon`` (the epsilon
-    rule's), ``stabilizer`` (every other rule's), ``gamma``, ``rules`` (per-node overrides: a
+    rule's), ``stabilizer`` (every other rule's), ``gamma`` (None: 0.25, or 0.05 for the
+    ``transformer`` composite), ``rules`` (per-node overrides: a
     mapping, or the path of a JSON/YAML rule file), ``image_input`` (with several float inputs),
     ``preset`` (preprocessing preset; sets the bounds unless given), ``layout`` (NCHW/NHWC; detected
     when None), ``attention`` (``cp``: CP-LRP, attention weights as constants; ``attnlrp``:
@@ -341,7 +342,7 @@ def _convert(
     low: Any = None,
     high: Any = None,
     epsilon: float = 1e-6,
-    gamma: float = 0.25,
+    gamma: float | None = None,
     rules: dict[str, Any] | str | os.PathLike | None = None,
     stabilizer: float = 1e-6,
     positive: bool = False,
@@ -352,6 +353,8 @@ def _convert(
 ) -> onnx.ModelProto:
     if attention not in ATTENTION_RULES:
         raise UsageError(f"unknown attention rule '{attention}' (known: {', '.join(ATTENTION_RULES)})")
+    if gamma is None:
+        gamma = default_gamma(composite)
     contrast = _check_options(method, contrast, {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma})
     if preset is not None:
         get_preset(preset)  # an unknown name fails before any work

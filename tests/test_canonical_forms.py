@@ -1,7 +1,8 @@
 """Two exports of one computation must get one relevance: canonical forms checked against each other.
 
 - a standalone BatchNormalization and the same affine map written as ``Mul`` + ``Add`` by
-  constants (tf2onnx's form of Keras' BatchNorm) both get the epsilon rule of the map (SPEC
+  constants (tf2onnx's form of Keras' BatchNorm) or as ``Sub`` + ``Mul`` + ``Add`` (Caffe
+  conversions, yahoo's open_nsfw) all get the epsilon rule of the map (SPEC
   section 5); the image's own preprocessing (Mul + Add before any linear layer, Keras'
   Rescaling) keeps ``pass``.
 """
@@ -20,7 +21,7 @@ def _tensor(name, value):
     return numpy_helper.from_array(np.asarray(value, np.float32), name)
 
 
-def _net(standalone_bn: bool, rescaling: bool = False, seed: int = 3) -> onnx.ModelProto:
+def _net(standalone_bn: bool, rescaling: bool = False, seed: int = 3, centred: bool = False) -> onnx.ModelProto:
     """image -> [Mul/Add rescaling] -> Conv -> Relu -> (BatchNorm | Mul + Add) -> Conv -> GAP -> Flatten -> Gemm."""
     rng = np.random.default_rng(seed)
     scale, bias = rng.uniform(0.5, 1.5, C), rng.uniform(-0.3, 0.3, C)
@@ -38,6 +39,10 @@ def _net(standalone_bn: bool, rescaling: bool = False, seed: int = 3) -> onnx.Mo
     if standalone_bn:
         inits += [_tensor(n, v) for n, v in (("s", scale), ("b", bias), ("m", mean), ("v", var))]
         nodes.append(helper.make_node("BatchNormalization", ["a1", "s", "b", "m", "v"], ["n1"], epsilon=1e-5))
+    elif centred:  # (x - mean) * a + (B - 0): the form Caffe/TF conversions write
+        inits += [_tensor("mean", mean.reshape(C, 1, 1)), _tensor("slope", slope.reshape(C, 1, 1)), _tensor("beta", bias.reshape(C, 1, 1))]
+        nodes += [helper.make_node("Sub", ["a1", "mean"], ["d1"]), helper.make_node("Mul", ["d1", "slope"], ["m1"]),
+                  helper.make_node("Add", ["m1", "beta"], ["n1"])]
     else:
         inits += [_tensor("slope", slope.reshape(C, 1, 1)), _tensor("offset", offset.reshape(C, 1, 1))]
         nodes += [helper.make_node("Mul", ["a1", "slope"], ["m1"]), helper.make_node("Add", ["m1", "offset"], ["n1"])]
@@ -60,6 +65,8 @@ def test_batchnorm_as_mul_add_gets_the_batchnorm_rule():
         as_op, _ = _relevance(_net(True), **options)
         as_mul_add, converted = _relevance(_net(False), **options)
         np.testing.assert_allclose(as_mul_add, as_op, rtol=1e-4, atol=1e-5 * np.abs(as_op).max())
+        as_sub_mul_add, _ = _relevance(_net(False, centred=True), **options)
+        np.testing.assert_allclose(as_sub_mul_add, as_op, rtol=1e-4, atol=1e-5 * np.abs(as_op).max())
         rules = {k: v for k, v in sglrp_onnx.metadata.read(converted).items() if k.endswith("layer_rules")}
         assert '"rule": "zero"' in next(iter(rules.values()))
     # the same map given `pass` differs: the test above can tell the two rules apart
@@ -73,3 +80,72 @@ def test_preprocessing_mul_add_keeps_pass():
     graph = canonical_graph(_net(False, rescaling=True))
     kinds = [n.op_type for n in graph.nodes]
     assert kinds[:2] == ["Mul", "Add"] and kinds.count("Affine") == 1
+
+
+def _upsampling_net(runtime_sizes: bool) -> onnx.ModelProto:
+    """image -> Conv -> Relu -> Resize(linear, x2) -> Conv -> GAP -> Flatten -> Gemm, the Resize's
+    sizes either constant or computed as ``F.interpolate(x, size=...)`` writes them."""
+    rng = np.random.default_rng(5)
+    inits = [_tensor("w1", rng.normal(0, 0.5, (C, 3, 3, 3))), _tensor("w2", rng.normal(0, 0.5, (C, C, 3, 3))),
+             _tensor("wd", rng.normal(0, 0.5, (C, 5))), numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([2], np.int64), "two"), numpy_helper.from_array(np.array([16, 16], np.int64), "hw")]
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["a1"])]
+    if runtime_sizes:
+        nodes += [helper.make_node("Shape", ["a1"], ["shape"]), helper.make_node("Slice", ["shape", "zero", "two"], ["nc"]),
+                  helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0)]
+    else:
+        inits.append(numpy_helper.from_array(np.array([2, C, 16, 16], np.int64), "sizes"))
+    nodes += [helper.make_node("Resize", ["a1", "", "", "sizes"], ["up"], mode="linear"),
+              helper.make_node("Conv", ["up", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("GlobalAveragePool", ["c2"], ["g"]),
+              helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("Gemm", ["f", "wd"], ["scores"])]
+    batch = "N" if runtime_sizes else 2
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 8, 8])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def test_resize_with_sizes_computed_from_shape():
+    """mobilevit's ``F.interpolate(x, size=(h, w))``: sizes read ``N, C`` off ``Shape(x)``."""
+    for options in (dict(method="lrp", composite="epsilon"), dict(method="sglrp", low=0.0, high=1.0)):
+        constant, _ = _relevance(_upsampling_net(False), **options)
+        computed, _ = _relevance(_upsampling_net(True), **options)
+        np.testing.assert_allclose(computed, constant, rtol=1e-5, atol=1e-6 * np.abs(constant).max())
+        assert np.abs(constant).max() > 0
+
+
+def _flatten_net(as_strided: bool) -> onnx.ModelProto:
+    """image -> Conv -> Relu -> GlobalAveragePool -> flatten -> Gemm; the flatten either a
+    Flatten, or the dynamo exporter's ``as_strided``: Gather from the tensor reshaped to ``[-1]``
+    with indices ``Range(N) * C + Range(C)`` computed from the runtime batch size."""
+    rng = np.random.default_rng(9)
+    inits = [_tensor("w1", rng.normal(0, 0.5, (C, 3, 3, 3))), _tensor("wd", rng.normal(0, 0.5, (C, 5)))]
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["a1"]),
+             helper.make_node("GlobalAveragePool", ["a1"], ["g"])]
+    if as_strided:
+        ints = {"minus_one": [-1], "zero": 0, "one": 1, "channels": C, "zero1": [0], "one1": [1], "rows": [-1, 1], "nc": [0, C]}
+        inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()]
+        nodes += [helper.make_node("Reshape", ["g", "minus_one"], ["flat"]),
+                  helper.make_node("Shape", ["g"], ["shape"]), helper.make_node("Slice", ["shape", "zero1", "one1"], ["n1"]),
+                  helper.make_node("Squeeze", ["n1"], ["n"]),
+                  helper.make_node("Range", ["zero", "n", "one"], ["batch_ids"]),
+                  helper.make_node("Mul", ["batch_ids", "channels"], ["starts"]),
+                  helper.make_node("Reshape", ["starts", "rows"], ["starts_col"]),
+                  helper.make_node("Range", ["zero", "channels", "one"], ["channel_ids"]),
+                  helper.make_node("Add", ["starts_col", "channel_ids"], ["indices"]),
+                  helper.make_node("Gather", ["flat", "indices"], ["f"], axis=0)]
+    else:
+        nodes.append(helper.make_node("Flatten", ["g"], ["f"]))
+    nodes.append(helper.make_node("Gemm", ["f", "wd"], ["scores"]))
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def test_as_strided_gather_with_runtime_indices():
+    for options in (dict(method="lrp", composite="epsilon"), dict(method="sglrp", low=0.0, high=1.0),
+                    dict(method="clrp", contrast="scaled", composite="epsilon")):
+        flatten, _ = _relevance(_flatten_net(False), **options)
+        gathered, converted = _relevance(_flatten_net(True), **options)
+        assert np.abs(flatten).max() > 0
+        np.testing.assert_allclose(gathered, flatten, rtol=1e-5, atol=1e-6 * np.abs(flatten).max())
+    assert any(n.op_type == "ScatterElements" for n in converted.graph.node)

@@ -212,9 +212,11 @@ def _torch_export(module, example, dynamo: bool) -> onnx.ModelProto:
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _same_padding_net(static: bool):
-    """timm's ``pad_same`` before a stride-2 conv: the amounts come from ``x.shape`` (computed,
-    written as Shape/Gather arithmetic and the F.pad idiom) or are written as numbers (the twin)."""
+def _same_padding_net(static: bool, window: bool = False):
+    """timm's ``pad_same`` before a stride-2 conv (or, with ``window``, the padding of timm's Swin
+    to a multiple of its window, ``(w - n % w) % w``): the amounts come from ``x.shape``
+    (computed, written as Shape/Gather arithmetic and the F.pad idiom) or are written as numbers
+    (the twin)."""
     import math
 
     import torch
@@ -227,12 +229,15 @@ def _same_padding_net(static: bool):
             torch.manual_seed(5)
             self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
             self.conv2 = nn.Conv2d(4, 6, 3, stride=2)
-            self.fc = nn.Linear(6 * 5 * 5, 5)
+            self.fc = nn.Linear(6 * 5 * 5, 5)  # 10x10 padded to 11x11 or 12x12: 5x5 after conv2
 
         def forward(self, x):
             x = torch.relu(self.conv1(x))
             if static:
-                x = F.pad(x, [0, 1, 0, 1])
+                x = F.pad(x, [0, 2, 0, 2] if window else [0, 1, 0, 1])
+            elif window:
+                pad_h, pad_w = (3 - x.shape[-2] % 3) % 3, (3 - x.shape[-1] % 3) % 3
+                x = F.pad(x, [0, pad_w, 0, pad_h])
             else:
                 height, width = x.shape[-2:]
                 pad_h = max((math.ceil(height / 2) - 1) * 2 + 3 - height, 0)
@@ -245,14 +250,15 @@ def _same_padding_net(static: bool):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("window", [False, True], ids=["same", "window"])
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_torch_computed_padding_equals_static_twin(dynamo):
+def test_torch_computed_padding_equals_static_twin(dynamo, window):
     torch = pytest.importorskip("torch")
     if dynamo:
         pytest.importorskip("onnxscript")
     example = torch.rand(2, 3, 10, 10)
-    model = _torch_export(_same_padding_net(static=False), example, dynamo)
-    twin = _torch_export(_same_padding_net(static=True), example, dynamo)
+    model = _torch_export(_same_padding_net(static=False, window=window), example, dynamo)
+    twin = _torch_export(_same_padding_net(static=True, window=window), example, dynamo)
     if not dynamo:  # the TorchScript exporter writes the computed padding as a shape subgraph
         assert {"Shape", "ConstantOfShape"} <= {n.op_type for n in model.graph.node}
     options = dict(method="sglrp", composite="epsilon-gamma-box", low=0.0, high=1.0)
@@ -264,9 +270,33 @@ def test_torch_computed_padding_equals_static_twin(dynamo):
         assert np.abs(expected).max() > 0
         np.testing.assert_allclose(_relevance(converted, x, target), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
         with torch.no_grad():
-            original = _same_padding_net(static=False)(torch.from_numpy(x)).numpy()
+            original = _same_padding_net(static=False, window=window)(torch.from_numpy(x)).numpy()
         got = _session(converted).run(["output"], {"input": x, "target": target})[0]
         np.testing.assert_allclose(got, original, rtol=0, atol=1e-5 * np.abs(original).max())
+
+
+@pytest.mark.torch
+def test_pad_amounts_fold_where_onnxslim_does_not(monkeypatch):
+    """timm's Swin (``(w - n % w) % w`` through ``F.pad``) is left computed by onnxslim 0.1.98 in
+    the real model; the Pad's amounts are then proposed as parameters of a float-path op and
+    folded where the runs at several batch sizes agree. Here onnxslim is switched off to show it."""
+    torch = pytest.importorskip("torch")
+    from sglrp_onnx.canonicalize import fold_model_constants, fold_shapes
+
+    example = torch.rand(2, 3, 10, 10)
+    model = _torch_export(_same_padding_net(static=False, window=True), example, dynamo=False)
+    twin = _torch_export(_same_padding_net(static=True, window=True), example, dynamo=False)
+    monkeypatch.setattr(fold_shapes, "_slim_values", lambda model, wanted: {})
+    folded = fold_model_constants(model)
+    pads = [n.input[1] for n in folded.graph.node if n.op_type == "Pad"]
+    values = fold_shapes._folded_values(folded, fold_shapes._shape_only_tensors(folded))
+    assert pads and np.array_equal(values[pads[0]], [0, 0, 0, 0, 0, 0, 2, 2])
+    options = dict(method="lrp", composite="epsilon")
+    converted, twin_converted = sglrp_onnx.convert(model, **options), sglrp_onnx.convert(twin, **options)
+    x = np.random.default_rng(4).uniform(0, 1, (3, 3, 10, 10)).astype(np.float32)
+    target = np.array([0, 1, 2])
+    expected = _relevance(twin_converted, x, target)
+    np.testing.assert_allclose(_relevance(converted, x, target), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
 # -- a final Softmax behind shape-only ops, -1 dimensions ---------------------------------------

@@ -150,3 +150,17 @@ def test_cli_inline_json_rules_and_attention(vit_files, tmp_path):
     bad_command[bad_command.index(str(out))] = str(tmp_path / "bad.onnx")
     bad = subprocess.run(bad_command, capture_output=True, text=True)
     assert bad.returncode != 0 and "inline JSON" in bad.stderr and not (tmp_path / "bad.onnx").exists()
+
+
+def test_transformer_composite_is_the_recommended_recipe(vit_files):
+    """``--composite transformer`` = epsilon, gamma 0.05 on dense layers, sums under epsilon (README)."""
+    path = vit_files["torchscript17"]
+    gamma = {"rule": "gamma", "gamma": 0.05}
+    recipe = sglrp_onnx.convert(path, method="sglrp", composite="epsilon", rules={"Add": "epsilon", "Gemm": gamma, "MatMul": gamma})
+    named = sglrp_onnx.convert(path, method="sglrp", composite="transformer")
+    assert metadata.read(named)[metadata.KEY_PREFIX + "gamma"] == "0.05"
+    for target in (-1, 2):
+        expected = _run(recipe, [target])["relevance"]
+        np.testing.assert_allclose(_run(named, [target])["relevance"], expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    plain = _run(sglrp_onnx.convert(path, method="sglrp", composite="epsilon"), [2])["relevance"]
+    assert _relative_l2(plain, expected) > 1e-3  # the composite's rules do change the map

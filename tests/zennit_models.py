@@ -11,7 +11,9 @@ Two worlds meet here:
 * the *Zennit side*: a float64 twin of that model with the same weights, rewritten only where Zennit's
   module hooks cannot see an operation (SPEC section 6), plus a composite that mirrors the engine's
   rule choice (SPEC sections 4 and 5) and the canonizer that folds exactly the BatchNorms the engine
-  folds (those that directly follow a convolution); every other BatchNorm gets Zennit's ``Pass``.
+  folds (those that directly follow a convolution); every other BatchNorm gets Zennit's ``Epsilon``
+  with the stabiliser (SPEC section 5: the epsilon rule of its affine map; Zennit's own default
+  for BatchNorm is ``Pass``).
 
 The initial relevance at the logits (SPEC section 3) is built here from the float64 logits and given to
 Zennit as the output gradient; the methods' target and dual parts are propagated separately (in one
@@ -30,7 +32,7 @@ from zennit.attribution import Gradient
 from zennit.canonizers import CompositeCanonizer, NamedMergeBatchNorm, SequentialMergeBatchNorm
 from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat, SpecialFirstLayerMapComposite, layer_map_base
 from zennit.layer import Sum
-from zennit.rules import ZBox, ZPlus
+from zennit.rules import Epsilon, ZBox, ZPlus
 from zennit.torchvision import ResNetBasicBlockCanonizer
 from zennit.types import Convolution
 
@@ -224,6 +226,10 @@ def build_model(name: str, seed: int = 0) -> nn.Module:
 INPUT_SIZE = {"vgg": 64, "resnet18": 64, "densenet121": 32, "mobilenetv2": 64}
 
 
+#: attribute set on a BatchNorm module while a canonizer has merged it into its convolution
+MERGED = "_sglrp_merged_into_linear"
+
+
 class _ExactIdentityAfterMerge:
     """zennit's MergeBatchNorm folds a BN into the preceding layer and turns the BN into an "identity"
     (mean 0, var 1, weight 1, bias 0) but keeps its ``eps``, so the BN still scales by 1/sqrt(1 + eps)
@@ -234,10 +240,12 @@ class _ExactIdentityAfterMerge:
         super().register(linears, batch_norm)
         self.saved_eps = batch_norm.eps
         batch_norm.eps = 0.0
+        setattr(batch_norm, MERGED, True)  # make_composite leaves merged BNs to the base composite
 
     def remove(self):
         super().remove()
         self.batch_norm.eps = self.saved_eps
+        delattr(self.batch_norm, MERGED)
 
 
 class ExactSequentialMergeBatchNorm(_ExactIdentityAfterMerge, SequentialMergeBatchNorm):
@@ -352,10 +360,34 @@ def make_composite(
     epsilon=EPSILON,
     gamma=GAMMA,
 ):
-    """Zennit composite matching ``sglrp_onnx``'s composite of the same name (SPEC section 4)."""
+    """Zennit composite matching ``sglrp_onnx``'s composite of the same name (SPEC section 4), with
+    ``Epsilon(stabilizer)`` on the BatchNorms that no canonizer merged (SPEC section 5)."""
+    return standalone_batchnorm_epsilon(
+        _base_composite(composite, low, high, canonizers, stabilizer, epsilon, gamma), stabilizer)
+
+
+def standalone_batchnorm_epsilon(comp, stabilizer):
+    """Give every BatchNorm that is not merged into a convolution Zennit's ``Epsilon`` with the
+    stabiliser, the rule SPEC section 5 gives it (the built-in composites give BatchNorm ``Pass``).
+
+    Zennit applies the canonizers before it maps modules to rules, so the merged BNs are known
+    (flagged with ``MERGED``) when the map runs; they keep the base composite's rule (an exact
+    identity then, so ``Pass``)."""
+    base = comp.module_map
+
+    def module_map(ctx, name, module):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not getattr(module, MERGED, False):
+            return Epsilon(epsilon=stabilizer)
+        return base(ctx, name, module)
+
+    comp.module_map = module_map
+    return comp
+
+
+def _base_composite(composite, low, high, canonizers, stabilizer, epsilon, gamma):
     if composite == "dtd":
-        # zbox for the first conv, zplus for the other convs *and* the dense layers; activations and
-        # unfolded BNs pass, average pooling and Sum get Norm (layer_map_base).
+        # zbox for the first conv, zplus for the other convs *and* the dense layers; activations
+        # pass, average pooling and Sum get Norm (layer_map_base).
         layer_map = layer_map_base(stabilizer) + [
             (Convolution, ZPlus(stabilizer=stabilizer)),
             (nn.Linear, ZPlus(stabilizer=stabilizer)),

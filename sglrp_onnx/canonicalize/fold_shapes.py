@@ -17,7 +17,9 @@ value (only on shapes and constants) are looked up in its result, by name.
 The values are not taken from onnxslim: onnxslim 0.1.98 folds PyTorch's ``F.pad`` idiom to a
 wrong value (``[0,0,1,1,0,0,0,0]`` for ``[0,0,0,0,0,0,1,1]``: its symbolic evaluation of the
 step -1 Slice). They come from running the model itself (ONNX Runtime, else onnx's reference
-evaluator) on zero inputs at two batch sizes; a tensor folds only where both runs agree. So a
+evaluator) on zero inputs at three batch sizes; a tensor folds only where the runs agree.
+Parameters of Pad/Slice/Resize/... on the float path that onnxslim leaves computed are proposed
+too (:func:`_parameters`) and checked the same way. So a
 folded value is what the forward computes, and a wrong verdict from onnxslim on batch
 independence is caught too. Models with a dynamic non-batch input dimension are not folded (no
 size to run them at).
@@ -38,6 +40,9 @@ from onnx import helper, numpy_helper
 
 #: Ops whose outputs describe the shape of their input, not its values.
 SHAPE_READERS = ("Shape", "Size")
+
+#: Larger results are left computed (shape tensors are tiny; this bounds the copy's size).
+MAX_FOLDED_ELEMENTS = 1 << 24
 
 #: onnxslim passes that rewrite the graph; only its constant folding is wanted here.
 REWRITES = ("graph_fusion", "dead_node_elimination", "subexpression_elimination", "weight_tying")
@@ -63,7 +68,8 @@ def _shape_only_tensors(model: onnx.ModelProto) -> set[str]:
 
 
 def _slim_values(model: onnx.ModelProto, wanted: set[str]) -> dict[str, np.ndarray]:
-    """Values onnxslim's constant folding finds for the tensors named in ``wanted``."""
+    """The tensors of ``wanted`` that onnxslim's constant folding turns into constants, with
+    onnxslim's values (only their names and dtypes are used: the values are checked by a run)."""
     try:
         import onnxslim
     except ImportError:  # a core dependency; without it shape subgraphs simply stay computed
@@ -79,16 +85,17 @@ def _slim_values(model: onnx.ModelProto, wanted: set[str]) -> dict[str, np.ndarr
         logging.getLogger("onnxslim").setLevel(level)
     if not isinstance(slimmed, onnx.ModelProto):
         return {}
-    found = {t.name: numpy_helper.to_array(t) for t in slimmed.graph.initializer if t.name in wanted}
+    found = {t.name: numpy_helper.to_array(t) for t in slimmed.graph.initializer
+             if t.name in wanted and np.prod(t.dims, dtype=np.float64) <= MAX_FOLDED_ELEMENTS}
     for node in slimmed.graph.node:
         if node.op_type == "Constant" and node.output[0] in wanted and node.attribute and node.attribute[0].name == "value":
             found[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     return found
 
 
-#: Batch sizes the model is run at to read the folded values off (two, so that batch-dependent
+#: Batch sizes the model is run at to read the folded values off (several, so that batch-dependent
 #: values show up as a disagreement).
-CHECK_BATCHES = (2, 3)
+CHECK_BATCHES = (2, 3, 5)
 
 
 def _zero_feeds(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray] | None:
@@ -113,31 +120,50 @@ def _zero_feeds(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray] | N
     return feeds
 
 
-def _run(model: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def _runner(model: onnx.ModelProto):
+    """A function ``feeds, names -> values`` that runs ``model`` (one session for every call)."""
     try:
         import onnxruntime as ort
     except ImportError:  # conversion does not need ONNX Runtime; onnx's evaluator is slower
         from onnx.reference import ReferenceEvaluator
 
-        return list(ReferenceEvaluator(model).run(names, feeds))
+        evaluator = ReferenceEvaluator(model)
+        return lambda feeds, names: list(evaluator.run(names, feeds))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(names, feeds)
+    return lambda feeds, names: session.run(names, feeds)
+
+
+def _probe(model: onnx.ModelProto, dtypes: dict[str, int]) -> onnx.ModelProto:
+    """``model`` cut down to the nodes that compute the tensors named in ``dtypes``, which are
+    its only outputs (computing shapes rarely needs the whole network, nor all of its weights)."""
+    needed = set(dtypes)
+    nodes = []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output):
+            nodes.append(node)
+            needed.update(name for name in node.input if name)
+            for attribute in node.attribute:  # names that If/Loop bodies read from this graph
+                for body in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                    needed.update(name for inner in body.node for name in inner.input if name)
+    graph = helper.make_graph(
+        list(reversed(nodes)), model.graph.name or "probe", list(model.graph.input),
+        [helper.make_tensor_value_info(name, dtypes[name], None) for name in sorted(dtypes)],
+        [t for t in model.graph.initializer if t.name in needed],
+    )
+    probe = helper.make_model(graph, opset_imports=list(model.opset_import))
+    probe.ir_version = model.ir_version
+    return probe
 
 
 def _runs(model: onnx.ModelProto, dtypes: dict[str, int]) -> list[dict[str, np.ndarray]]:
     """The values of the tensors named in ``dtypes``, computed by running ``model`` on zeros at
     each batch size of :data:`CHECK_BATCHES` (once where the batch is static); [] if it cannot run."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
     names = sorted(dtypes)
-    outputs = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in outputs:
-            probe.graph.output.append(helper.make_tensor_value_info(name, dtypes[name], None))
-    runs, shapes_seen = [], set()
+    probe = _probe(model, dtypes)
+    runs, shapes_seen, run = [], set(), None
     for batch in CHECK_BATCHES:
         feeds = _zero_feeds(model, batch)
         if feeds is None:
@@ -147,7 +173,8 @@ def _runs(model: onnx.ModelProto, dtypes: dict[str, int]) -> list[dict[str, np.n
             continue
         shapes_seen.add(shapes)
         try:
-            runs.append({name: np.asarray(value) for name, value in zip(names, _run(probe, names, feeds))})
+            run = run or _runner(probe)
+            runs.append({name: np.asarray(value) for name, value in zip(names, run(feeds, names))})
         except Exception:  # a model that does not run on zeros: nothing is folded
             return []
     return runs
@@ -188,19 +215,45 @@ def _reshape_targets(model: onnx.ModelProto, shape_only: set[str]) -> set[str]:
     return found
 
 
+#: Ops whose inputs after the first are parameters (pads, bounds, sizes) the relevance part needs.
+PARAMETER_READERS = ("Pad", "Slice", "Resize", "Expand", "Tile", "Split", "ReduceSum", "ReduceMean", "Unsqueeze", "Squeeze")
+
+
+def _parameters(model: onnx.ModelProto, shape_only: set[str]) -> dict[str, int]:
+    """Shape-only tensors that parameterise an op on the float path, with their element types.
+
+    onnxslim's symbolic evaluation leaves some idioms computed (timm's Swin pads its windows
+    with ``(w - H % w) % w`` through ``F.pad``: the Mod stops it); these are proposed too, and,
+    like onnxslim's proposals, fold only where every run of :data:`CHECK_BATCHES` agrees.
+    """
+    dependent = runtime_dependent(model)
+    names = {name for node in model.graph.node if node.op_type in PARAMETER_READERS and node.input and node.input[0] in dependent
+             for name in node.input[1:] if name in shape_only}
+    if not names:
+        return {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # without types the probe cannot name its outputs' types
+        return {}
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info if v.type.HasField("tensor_type")}
+    return {name: types[name] for name in names if types.get(name)}
+
+
 def _folded_values(model: onnx.ModelProto, shape_only: set[str]) -> dict[str, np.ndarray]:
     """Constants for the shape-only tensors (see the module docstring)."""
     proposed = _slim_values(model, shape_only)
     targets = _reshape_targets(model, shape_only) - set(proposed)
-    if not proposed and not targets:
+    parameters = {name: kind for name, kind in _parameters(model, shape_only).items() if name not in proposed and name not in targets}
+    if not proposed and not targets and not parameters:
         return {}
     dtypes = {name: helper.np_dtype_to_tensor_dtype(value.dtype) for name, value in proposed.items()}
     dtypes.update({name: onnx.TensorProto.INT64 for name in targets})
+    dtypes.update(parameters)
     runs = _runs(model, dtypes)
     if not runs:
         return {}
     batches = list(CHECK_BATCHES) if len(runs) == len(CHECK_BATCHES) else None
-    values = {name: runs[0][name] for name in proposed if _same_in_every_run(runs, name)}
+    values = {name: runs[0][name] for name in [*proposed, *parameters] if _same_in_every_run(runs, name)}
     if batches is not None:  # a dynamic batch: targets that hold it become "copy dimension 0"
         for name in targets:
             target = _batch_copying_target(runs, name, batches)

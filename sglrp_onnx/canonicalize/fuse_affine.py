@@ -1,7 +1,7 @@
 """A standalone BatchNorm exported as ``Mul`` + ``Add`` by constants becomes one canonical ``Affine``.
 
 Pattern: ``Mul(x, a)`` whose only consumer is ``Add(., c)`` / ``Sub(., c)`` (a, c constants that
-keep the batch axis), where ``x`` comes after a linear layer (tf2onnx writes Keras' BatchNorm
+keep the batch axis), optionally after ``x = Sub(u, mean)`` / ``Add(u, m)`` (then the map of ``u``), where ``x`` comes after a linear layer (tf2onnx writes Keras' BatchNorm
 this way; one right after a Conv / Gemm was already folded into it by :mod:`.fold_into_linear`).
 Rewrite: ``Affine(x) -> y`` with ``params["slope"] = a`` (broadcastable against ``x``), named after
 the Add's output so that the relevance part reads ``y`` from the forward.
@@ -52,14 +52,21 @@ def _match(graph: Graph, mul: Node, producers: dict, consumers: dict) -> tuple[N
     if sum(not graph.is_const(n) for n in shift.inputs) != 1 or mul.outputs[0] == graph.logits:
         return None
     shape = graph.shape(computed[0])
-    if shape is None or not _after_linear_layer(graph, computed[0], producers):
+    if not shape or not _after_linear_layer(graph, computed[0], producers):
         return None
     slope = _batch_preserving(graph, next(n for n in mul.inputs if n != computed[0]), len(shape))
     offset = _batch_preserving(graph, next(n for n in shift.inputs if n != mul.outputs[0]), len(shape))
     if slope is None or offset is None:
         return None
-    node = Node(mul.name, "Affine", [computed[0]], [shift.outputs[0]], {}, {"slope": slope}, "BatchNormalization")
-    return node, shift
+    source, replaced = computed[0], [shift]
+    centring = producers.get(source)
+    if (centring is not None and centring.op_type in ("Sub", "Add") and len(consumers.get(source, [])) == 1
+            and not graph.is_const(centring.inputs[0]) and graph.is_const(centring.inputs[1])
+            and _batch_preserving(graph, centring.inputs[1], len(shape)) is not None):
+        source = centring.inputs[0]  # BatchNorm written as (x - mean) * a + c: the map of x itself
+        replaced.append(centring)
+    node = Node(mul.name, "Affine", [source], [shift.outputs[0]], {}, {"slope": slope}, "BatchNormalization")
+    return node, replaced
 
 
 def fuse_affine(graph: Graph) -> Graph:
@@ -73,8 +80,8 @@ def fuse_affine(graph: Graph) -> Graph:
         if found is None:
             rewritten.append(node)
             continue
-        affine, shift = found
-        skip.add(id(shift))
+        affine, replaced = found
+        skip.update(id(n) for n in replaced)
         rewritten.append(affine)
-    graph.nodes = rewritten
+    graph.nodes = [n for n in rewritten if id(n) not in skip]
     return graph

@@ -33,7 +33,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preset", help="preprocessing preset that sets the bounds (imagenet, caffe, tf, efficientnet-lite, raw)")
     group.add_argument("--epsilon", type=float, default=1e-6, help="epsilon of the epsilon rule (default 1e-6)")
     group.add_argument("--stabilizer", type=float, default=1e-6, help="stabiliser of every other rule (default 1e-6)")
-    group.add_argument("--gamma", type=float, default=0.25, help="gamma of the gamma rule (default 0.25)")
+    group.add_argument("--gamma", type=float, default=None, help="gamma of the gamma rule (default 0.25; 0.05 with --composite transformer)")
     group.add_argument("--input", dest="image_input", metavar="NAME", help="name of the image input when the model has several")
     group.add_argument("--layout", choices=["NCHW", "NHWC", "NCW", "NWC"], help="image layout (detected when omitted)")
 

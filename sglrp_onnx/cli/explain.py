@@ -13,21 +13,14 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from sglrp_onnx.composites import COMPOSITES as COMPOSITE_TABLE
 from sglrp_onnx.errors import InputError, ModelLoadError, OutputError, SglrpError, UsageError
 from sglrp_onnx.heatmap import heatmap, overlay, panel, save_png
 from sglrp_onnx.labels import resolve_target
 from sglrp_onnx.presets import fit_image, get_preset
 
 METHODS = ("lrp", "clrp", "sglrp")
-COMPOSITES = (
-    "dtd",
-    "epsilon-gamma-box",
-    "epsilon-plus",
-    "epsilon-plus-flat",
-    "epsilon-alpha2-beta1",
-    "epsilon-alpha2-beta1-flat",
-    "epsilon",
-)
+COMPOSITES = tuple(COMPOSITE_TABLE)
 CONTRASTS = ("signed", "scaled")
 PRESET_NAMES = ("imagenet", "caffe", "tf", "efficientnet-lite", "raw")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")

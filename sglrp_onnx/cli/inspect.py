@@ -24,9 +24,9 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def describe(path: str, composite: str = "dtd", rules=None, image_input=None, epsilon=1e-6, stabilizer=1e-6, gamma=0.25) -> dict:
+def describe(path: str, composite: str = "dtd", rules=None, image_input=None, epsilon=1e-6, stabilizer=1e-6, gamma=None) -> dict:
     from sglrp_onnx import metadata
-    from sglrp_onnx.composites import assign_rules, first_layers
+    from sglrp_onnx.composites import assign_rules, default_gamma, first_layers
     from sglrp_onnx.convert import _precheck, canonical_graph, load_rule_file, strip_relevance
     from sglrp_onnx.emit.relevance import BACKWARD, blocking_nodes
     from sglrp_onnx.io import load_model
@@ -39,6 +39,8 @@ def describe(path: str, composite: str = "dtd", rules=None, image_input=None, ep
     graph = canonical_graph(model, image_input)
     if isinstance(rules, str):
         rules = load_rule_file(rules)
+    if gamma is None:
+        gamma = default_gamma(composite)
     assigned = assign_rules(graph, composite, {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma}, rules)
     firsts = first_layers(graph)
     reasons: dict[str, str] = {}

@@ -35,7 +35,7 @@ def backward_gather(ctx: Context, node: Node, relevance_out: list) -> list:
     """Relevance of each gathered element goes back to its source position; 0 elsewhere."""
     data, indices = node.inputs[0], node.inputs[1]
     if not ctx.graph.is_const(indices):
-        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Gather on the explained path needs constant indices")
+        return [_runtime_index_gather(ctx, node, relevance_out[0]), None]
     rank = ctx.rank(data)
     axis = int(node.attrs.get("axis", 0)) % rank
     if axis == 0 and ctx.passes > 1:  # one pass: axis 0 may hold other things (torch's stacked q, k, v)
@@ -47,6 +47,29 @@ def backward_gather(ctx: Context, node: Node, relevance_out: list) -> list:
     relevance = _index_dims_to_one_axis(ctx, node, relevance_out[0], index, data, axis)
     mapped = apply_transpose_along(ctx, relevance, axis, rank, selection_matrix(index.reshape(-1) % size, size))
     return [mapped, None]
+
+
+def _runtime_index_gather(ctx: Context, node: Node, relevance: str) -> str:
+    """Gather from a flat tensor with indices computed from shapes at run time: the dynamo
+    exporter's ``as_strided`` (a flatten of ``[N, C, 1, 1]`` as ``Gather(Reshape(x, [-1]),
+    Range(N) * C + ...)``). Relevance is added back at the gathered positions with
+    ScatterElements (``reduction="add"``, so that a position picked twice gets both)."""
+    data, indices = node.inputs[0], node.inputs[1]
+    if ctx.rank(data) != 1 or indices in ctx.producers:
+        raise UnsupportedModelError(
+            f"{node.describe(ctx.graph)}: Gather with indices computed at run time is supported from a flat tensor "
+            "with indices computed from shapes only"
+        )
+    if ctx.graph.opset < 16:  # ScatterElements' reduction
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Gather with indices computed at run time needs opset 16 or newer")
+    em = ctx.em
+    flat = em.const(np.array([-1], np.int64))
+    index = em.op("Reshape", [em.op("Cast", [indices], "index", to=7), flat], "index")  # INT64
+    size = em.op("Shape", [ctx.fwd(data)], "size")
+    wrapped = em.op("Where", [em.op("Less", [index, em.const(np.int64(0))], "negative"), em.op("Add", [index, size]), index], "index")
+    zeros = em.op("ConstantOfShape", [size], "zeros")
+    updates = em.op("Reshape", [relevance, flat], "r")
+    return em.op("ScatterElements", [zeros, wrapped, updates], "r", axis=0, reduction="add")
 
 
 def _index_dims_to_one_axis(ctx: Context, node: Node, relevance: str, index: np.ndarray, data: str, axis: int) -> str:

@@ -51,7 +51,9 @@ def moves_batch_axis(graph: Graph) -> bool:
     """Whether the float path moves the batch axis away from axis 0 (torch's multi-head attention
     works sequence-first). Relevance in two halves of one batch (the ``scaled`` contrast) then
     cannot tile the forward tensors on axis 0: the two halves are propagated one after the other."""
-    return any(node.op_type == "Transpose" and list(node.attrs.get("perm", [1]))[:1] != [0] for node in graph.nodes)
+    return any((node.op_type == "Transpose" and list(node.attrs.get("perm", [1]))[:1] != [0])
+               or (node.op_type == "Gather" and not graph.is_const(node.inputs[1]))  # a gather from a flattened batch
+               for node in graph.nodes)
 
 
 def emit_relevance(ctx: Context, start_relevance: str, blocked: list | None = None) -> str:

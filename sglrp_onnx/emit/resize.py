@@ -48,6 +48,21 @@ def _const_floats(ctx: Context, node: Node, index: int) -> np.ndarray | None:
     return value if value.size else None
 
 
+def _runtime_input(ctx: Context, node: Node, index: int) -> bool:
+    name = node.inputs[index] if len(node.inputs) > index else ""
+    return bool(name) and not ctx.graph.is_const(name)
+
+
+def _static_sizes(ctx: Context, node: Node, out_shape) -> np.ndarray:
+    """Sizes computed at run time (``F.interpolate(x, size=...)`` writes ``[N, C, h, w]`` with ``N``
+    read off ``Shape(x)``): the output's static shape gives them; the batch entry, which may be
+    dynamic, is never a resized axis."""
+    if node.attrs.get("axes") is not None or out_shape is None or any(d is None for d in out_shape[1:]):
+        raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Resize whose sizes are computed at run time needs a static output shape")
+    in_batch = ctx.graph.shape(node.inputs[0])[0]
+    return np.array([in_batch if in_batch is not None else 1, *out_shape[1:]], np.float64)
+
+
 def _per_axis(values: np.ndarray, axes: list[int], rank: int, fill: float) -> np.ndarray:
     full = np.full(rank, fill, np.float64)
     full[axes] = values
@@ -65,7 +80,8 @@ class Geometry:
             raise UnsupportedModelError(f"{where}: Resize needs the rank of its input")
         rank = len(in_shape)
         axes = [int(a) % rank for a in node.attrs.get("axes", range(rank))]
-        roi, scales, sizes = _const_floats(ctx, node, 1), _const_floats(ctx, node, 2), _const_floats(ctx, node, 3)
+        roi, scales = _const_floats(ctx, node, 1), _const_floats(ctx, node, 2)
+        sizes = _static_sizes(ctx, node, out_shape) if _runtime_input(ctx, node, 3) else _const_floats(ctx, node, 3)
         self.by_sizes = sizes is not None
         self.in_sizes = list(in_shape)
         self.out_sizes = list(out_shape) if out_shape is not None else [None] * rank

@@ -469,7 +469,7 @@ class NetBuilder:
         out = self._add("ReduceSum", [x], {"axes": list(axes), "keepdims": int(keepdims)},
                         name=name)
         sg = self.signs[x]
-        red = tuple(ax - 1 for ax in axes)
+        red = tuple(ax % (sg.ndim + 1) - 1 for ax in axes)
         pos, neg = (sg > 0).all(axis=red, keepdims=True), (sg < 0).all(axis=red, keepdims=True)
         zero = (sg == 0).all(axis=red, keepdims=True)
         out_sg = np.where(pos, 1.0, np.where(neg, -1.0, np.where(zero, 0.0, np.nan)))

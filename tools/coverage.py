@@ -714,7 +714,8 @@ def run_batched(kind, todo, args, out_path, record_failure, describe):
 def selected(entries, args):
     out = []
     for source, name, exporter in entries:
-        if args.only and not any(o in (name, f"{source}/{name}", model_id(source, name, exporter)) for o in args.only):
+        forms = (name, f"{source}/{name}", f"{name}/{exporter}", model_id(source, name, exporter))
+        if args.only and not any(o in forms for o in args.only):
             continue
         out.append((source, name, exporter))
     return out
@@ -1014,7 +1015,7 @@ def main(argv=None):
     parser.add_argument("worker_id", nargs="?", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--phase", choices=("all", "export", "check", "report"), default="all")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="cache folder (default %(default)s)")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="model names (or source/name[/exporter])")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="model names (or name/exporter, source/name, source/name/exporter)")
     parser.add_argument("--source", nargs="+", choices=SOURCES, default=list(SOURCES))
     parser.add_argument("--out", default=str(REPO / "docs" / "coverage.md"))
     parser.add_argument("--threads", type=int, default=2)

@@ -96,7 +96,8 @@ ORACLES = [
     (r"^torchvision/vgg\d+_bn$", "tests/test_zennit.py", "Zennit, VGG-style twin (tests/test_zennit.py)", "vgg"),
     (r"^torchvision/mobilenet_v2$", "tests/test_zennit.py", "Zennit, MobileNetV2-style twin (tests/test_zennit.py)",
      "mobilenet"),
-    (r"^torchvision/vit_", "tests/test_lxt_vit.py", "LXT (tests/test_lxt_vit.py)", "vit"),
+    (r"^torchvision/vit_", "tests/test_lxt_vit.py", "LXT, a tiny ViT of the same torchvision class (tests/test_lxt_vit.py)",
+     "LXT"),
     (r"^torchvision/", "tests/test_torchvision_zoo.py", "smoke: converts, conservation (tests/test_torchvision_zoo.py)",
      None),  # filled per model below: the model's name must be in MODELS there
 ]

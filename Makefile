@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench coverage clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ test-fast: $(VENV)/.core
 
 bench: $(VENV)/.torch
 	$(PY) tools/bench.py
+
+$(VENV)/.coverage: $(VENV)/.torch
+	$(PY) -m pip install --quiet --no-deps timm
+	$(PY) -m pip install --quiet huggingface_hub safetensors pyyaml
+	touch $@
+
+## make coverage: architecture sweep -> docs/coverage.md (slow; not part of make test). Exports are
+## cached in ~/.cache/sglrp-onnx-coverage; after an engine change: make coverage COVERAGE_ARGS='--phase check'
+coverage: $(VENV)/.coverage
+	$(PY) tools/coverage.py $(COVERAGE_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .hypothesis

@@ -556,7 +556,8 @@ def check_one(args) -> None:
     cache = Path(args.cache)
     meta = json.loads(meta_path(cache, args.id).read_text())
     path = onnx_path(cache, args.id)
-    result = {"id": args.id, "checked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    result = {"id": args.id, "checked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "engine_commit": _versions().get("engine commit", "unknown")}
     rpath = result_path(cache, args.id)
 
     def save():
@@ -840,6 +841,16 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _commit_counts(cache: Path, entries) -> str:
+    counts: dict[str, int] = {}
+    for entry in entries:
+        path = result_path(cache, model_id(*entry))
+        if path.exists():
+            commit = json.loads(path.read_text()).get("engine_commit", "not recorded")
+            counts[commit] = counts.get(commit, 0) + 1
+    return ", ".join(f"{commit} ({n})" for commit, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -969,6 +980,9 @@ def phase_report(args, entries, timings):
         f"{args.threads} threads per model).",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        "",
+        "Rows checked per engine commit (the last commit that changed `sglrp_onnx/` when the row was "
+        "checked): " + _commit_counts(cache, entries) + ".",
         "",
     ]
     export_s = sum(json.loads(meta_path(cache, model_id(*e)).read_text()).get("export_s", 0) for e in entries

@@ -2,9 +2,15 @@
 
 - a standalone BatchNormalization and the same affine map written as ``Mul`` + ``Add`` by
   constants (tf2onnx's form of Keras' BatchNorm) or as ``Sub`` + ``Mul`` + ``Add`` (Caffe
-  conversions, yahoo's open_nsfw) all get the epsilon rule of the map (SPEC
-  section 5); the image's own preprocessing (Mul + Add before any linear layer, Keras'
-  Rescaling) keeps ``pass``.
+  conversions, yahoo's open_nsfw) all get the epsilon rule of the map (SPEC section 5); the
+  image's own preprocessing (Mul + Add before any linear layer, Keras' Rescaling) keeps ``pass``;
+- a Resize whose sizes are computed from ``Shape`` (``F.interpolate(x, size=...)``) and its twin
+  with constant sizes;
+- the dynamo exporter's ``as_strided`` flatten (Gather with runtime indices) and a Flatten;
+- GatherND with constant indices (dynamo's adaptive pooling) and two Gathers picking the same.
+
+The rules of the twins are checked against the float64 reference elsewhere; here each pair must
+agree for lrp/epsilon, sglrp/dtd and the scaled contrast.
 """
 
 import numpy as np
@@ -48,9 +54,27 @@ def _net(standalone_bn: bool, rescaling: bool = False, seed: int = 3, centred: b
         nodes += [helper.make_node("Mul", ["a1", "slope"], ["m1"]), helper.make_node("Add", ["m1", "offset"], ["n1"])]
     nodes += [helper.make_node("Conv", ["n1", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("GlobalAveragePool", ["c2"], ["g"]),
               helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("Gemm", ["f", "wd"], ["scores"])]
-    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return _classifier(nodes, inits, 8)
+
+
+def _classifier(nodes, inits, size: int, opset: int = 17, batch="N") -> onnx.ModelProto:
+    """A model ``image [batch, 3, size, size] -> ... -> scores [batch, 5]`` of the given nodes."""
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, size, size])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+#: One conversion of each kind: epsilon-LRP, SGLRP with zbox bounds, the scaled contrast.
+OPTIONS = (dict(method="lrp", composite="epsilon"), dict(method="sglrp", low=0.0, high=1.0),
+           dict(method="clrp", contrast="scaled", composite="epsilon"))
+
+
+def _assert_same_relevance(expected_model, model, shape):
+    for options in OPTIONS:
+        expected, _ = _relevance_at(expected_model, shape, **options)
+        got, _ = _relevance_at(model, shape, **options)
+        assert np.abs(expected).max() > 0
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
 
 
 def _relevance_at(model, shape, **options):
@@ -102,19 +126,12 @@ def _upsampling_net(runtime_sizes: bool) -> onnx.ModelProto:
     nodes += [helper.make_node("Resize", ["a1", "", "", "sizes"], ["up"], mode="linear"),
               helper.make_node("Conv", ["up", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("GlobalAveragePool", ["c2"], ["g"]),
               helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("Gemm", ["f", "wd"], ["scores"])]
-    batch = "N" if runtime_sizes else 2
-    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 8, 8])],
-                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, 5])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    return _classifier(nodes, inits, 8, opset=18, batch="N" if runtime_sizes else 2)
 
 
 def test_resize_with_sizes_computed_from_shape():
     """mobilevit's ``F.interpolate(x, size=(h, w))``: sizes read ``N, C`` off ``Shape(x)``."""
-    for options in (dict(method="lrp", composite="epsilon"), dict(method="sglrp", low=0.0, high=1.0)):
-        constant, _ = _relevance(_upsampling_net(False), **options)
-        computed, _ = _relevance(_upsampling_net(True), **options)
-        np.testing.assert_allclose(computed, constant, rtol=1e-5, atol=1e-6 * np.abs(constant).max())
-        assert np.abs(constant).max() > 0
+    _assert_same_relevance(_upsampling_net(False), _upsampling_net(True), (2, 3, 8, 8))
 
 
 def _flatten_net(as_strided: bool) -> onnx.ModelProto:
@@ -140,18 +157,12 @@ def _flatten_net(as_strided: bool) -> onnx.ModelProto:
     else:
         nodes.append(helper.make_node("Flatten", ["g"], ["f"]))
     nodes.append(helper.make_node("Gemm", ["f", "wd"], ["scores"]))
-    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    return _classifier(nodes, inits, 8, opset=18)
 
 
 def test_as_strided_gather_with_runtime_indices():
-    for options in (dict(method="lrp", composite="epsilon"), dict(method="sglrp", low=0.0, high=1.0),
-                    dict(method="clrp", contrast="scaled", composite="epsilon")):
-        flatten, _ = _relevance(_flatten_net(False), **options)
-        gathered, converted = _relevance(_flatten_net(True), **options)
-        assert np.abs(flatten).max() > 0
-        np.testing.assert_allclose(gathered, flatten, rtol=1e-5, atol=1e-6 * np.abs(flatten).max())
+    _assert_same_relevance(_flatten_net(False), _flatten_net(True), (2, 3, 8, 8))
+    converted = sglrp_onnx.convert(_flatten_net(True), method="lrp", composite="epsilon")
     assert any(n.op_type == "ScatterElements" for n in converted.graph.node)
 
 
@@ -174,15 +185,8 @@ def _upsampled_by_indexing(gather_nd: bool) -> onnx.ModelProto:
         nodes += [helper.make_node("Gather", ["a1", "picks"], ["rows"], axis=2), helper.make_node("Gather", ["rows", "picks"], ["up"], axis=3)]
     nodes += [helper.make_node("GlobalAveragePool", ["up"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
               helper.make_node("Gemm", ["f", "wd"], ["scores"])]
-    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 4, 4])],
-                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    return _classifier(nodes, inits, 4, opset=18)
 
 
 def test_gather_nd_with_constant_indices():
-    for options in (dict(method="lrp", composite="epsilon"), dict(method="sglrp", low=0.0, high=1.0),
-                    dict(method="clrp", contrast="scaled", composite="epsilon")):
-        gathers, _ = _relevance_at(_upsampled_by_indexing(False), (2, 3, 4, 4), **options)
-        gather_nd, _ = _relevance_at(_upsampled_by_indexing(True), (2, 3, 4, 4), **options)
-        assert np.abs(gathers).max() > 0
-        np.testing.assert_allclose(gather_nd, gathers, rtol=1e-5, atol=1e-6 * np.abs(gathers).max())
+    _assert_same_relevance(_upsampled_by_indexing(False), _upsampled_by_indexing(True), (2, 3, 4, 4))

@@ -41,14 +41,13 @@ def backward_batchnorm(ctx: Context, node: Node, relevance_out: list) -> list:
         return [relevance_out[0]] + unused
     if node.attrs.get("training_mode", 0):
         raise UnsupportedModelError(f"{node.describe(ctx.graph)}: BatchNormalization in training mode cannot be explained")
-    x, y = node.inputs[0], node.outputs[0]
+    x = node.inputs[0]
     rank = ctx.rank(x)
     if node.op_type == "Affine":
         slope = node.params["slope"]
     else:
         slope = batchnorm_slope(ctx, node).reshape([-1] + [1] * (rank - 2))
-    stabilizer = rule.stabilizer if rule is not None else ctx.stabilizer
     em = ctx.em
-    s = em.op("Div", [relevance_out[0], ctx.stabilize(ctx.fwd(y), stabilizer)], "s")
+    s = ctx.quotient(relevance_out[0], node)
     weighted = em.op("Mul", [ctx.fwd(x), em.const(slope.astype(np.float32), "bn_slope")], "ax")
     return [em.op("Mul", [weighted, s], "r")] + unused

@@ -189,6 +189,16 @@ class Context:
         """``ReduceSum`` over ``axes`` (kept); axes are an input since opset 13."""
         return self.em.op("ReduceSum", [x, self.em.const(np.array(axes, np.int64))], hint, keepdims=1)
 
+    def node_stabilizer(self, node) -> float:
+        """The stabiliser of ``node``'s rule (an override may set it), else the conversion's."""
+        rule = self.rules.get(node.name)
+        return float(getattr(rule, "stabilizer", self.stabilizer)) if rule is not None else self.stabilizer
+
+    def quotient(self, relevance: str, node) -> str:
+        """``R / stab(y)`` for the output ``y`` of ``node``, with the node's stabiliser."""
+        y = self.fwd(node.outputs[0])
+        return self.em.op("Div", [relevance, self.stabilize(y, self.node_stabilizer(node))], "s")
+
     def add_all(self, terms: list[str], hint: str = "sum") -> str:
         if len(terms) == 1:
             return terms[0]

@@ -35,8 +35,7 @@ def backward_normalization(ctx: Context, node: Node, relevance_out: list) -> lis
     em = ctx.em
     attrs = node.attrs
     groups, axes = attrs["groups"], attrs["axes"]
-    stabilizer = float(getattr(rule, "stabilizer", ctx.stabilizer)) if rule is not None else ctx.stabilizer
-    s = em.op("Div", [relevance_out[0], ctx.stabilize(ctx.fwd(node.outputs[0]), stabilizer)], "s")
+    s = ctx.quotient(relevance_out[0], node)
     gamma = node.params["gamma"]
     u = s if np.all(gamma == 1) else em.op("Mul", [s, em.const(gamma, "gamma")], "u")
     x = _grouped(ctx, ctx.fwd(node.inputs[0]), groups)

@@ -22,11 +22,6 @@ from .linear import conv_transpose
 from .registry import register
 
 
-def _norm_stabilizer(ctx: Context, node: Node) -> float:
-    rule = ctx.rules.get(node.name)
-    return getattr(rule, "stabilizer", 1e-6) if rule is not None else 1e-6
-
-
 def _is_pass(ctx: Context, node: Node) -> bool:
     rule = ctx.rules.get(node.name)
     return rule is not None and rule.name == "pass"
@@ -90,7 +85,7 @@ def backward_avgpool(ctx: Context, node: Node, relevance_out: list) -> list:
         counted = em.op("Slice", [counted, em.const([0] * rank), ends, em.const(list(range(2, 2 + rank)))], "count")
     counted = em.op("Max", [counted, em.const(np.float32(1))], "count")
     inverse_count = em.op("Div", [averaged, counted], "inv_count")
-    s = em.op("Div", [relevance_out[0], ctx.stabilize(ctx.fwd(y), _norm_stabilizer(ctx, node))], "s")
+    s = ctx.quotient(relevance_out[0], node)
     s = em.op("Mul", [s, inverse_count], "s")
     kernel_weight = np.ones([channels, 1, *kernel], np.float32)
     c = conv_transpose(ctx, x, y, s, kernel_weight, strides, dilations, pads, channels)
@@ -101,8 +96,8 @@ def _mean_backward(ctx: Context, node: Node, relevance: str, axes: list[int], ke
     """``norm`` over a mean (``mean``) or a sum of the elements along ``axes``:
     ``R_in = x * broadcast(R / stab(y))``, divided by the count for a mean."""
     em = ctx.em
-    x, y = node.inputs[0], node.outputs[0]
-    s = em.op("Div", [relevance, ctx.stabilize(ctx.fwd(y), _norm_stabilizer(ctx, node))], "s")
+    x = node.inputs[0]
+    s = ctx.quotient(relevance, node)
     if not keepdims:
         s = em.op("Unsqueeze", [s, em.const(np.array(axes, np.int64))], "s")
     if mean:

@@ -19,8 +19,6 @@ Every division is stabilised with the conversion's ``stabilizer`` (SPEC section 
 
 from __future__ import annotations
 
-import numpy as np
-
 from sglrp_onnx.errors import UnsupportedModelError
 from sglrp_onnx.graph import Node
 
@@ -72,23 +70,14 @@ def is_attention_weights(ctx: Context, tensor: str) -> bool:
     return node is not None and node.op_type == "Softmax"
 
 
-def _stabilizer(ctx: Context, node: Node) -> float:
-    rule = ctx.rules.get(node.name)
-    return float(getattr(rule, "stabilizer", ctx.stabilizer)) if rule is not None else ctx.stabilizer
-
-
 def constant_factor(ctx: Context, node: Node) -> int | None:
     """Index (0 or 1) of the factor that counts as a constant, or None for the uniform rule."""
-    a, b = node.inputs[0], node.inputs[1]
     if ctx.attention == "cp":
         for index in (0, 1):
             if is_attention_weights(ctx, node.inputs[index]):
                 return index
-    if depends_on(ctx, b, a):
-        return 1
-    if depends_on(ctx, a, b):
-        return 0
-    return None
+    gated = _gated_factor(ctx, node)
+    return None if gated is None else 1 - gated
 
 
 class MatMulMap:
@@ -143,7 +132,7 @@ def emit_product(ctx: Context, node: Node, relevance: str, layer) -> list:
     """Relevance of both factors of ``node`` under the rule :func:`constant_factor` chooses."""
     em = ctx.em
     a, b, out = node.inputs[0], node.inputs[1], node.outputs[0]
-    s = em.op("Div", [relevance, ctx.stabilize(ctx.fwd(out), _stabilizer(ctx, node))], "s")
+    s = ctx.quotient(relevance, node)
     constant = constant_factor(ctx, node)
     result: list = [None] * len(node.inputs)
     if constant != 0:  # the first factor receives relevance
@@ -168,14 +157,10 @@ class ElementwiseMap:
         return self.ctx.em.op("Mul", [s, a], "c")
 
 
-def _computed(ctx: Context, node: Node) -> list[int]:
-    return ctx.computed_inputs(node)
-
-
 @register("Mul")
 def backward_mul(ctx: Context, node: Node, relevance_out: list) -> list:
     """By a constant: ``pass``. Two computed factors: gate, attention or uniform rule (module doc)."""
-    computed = _computed(ctx, node)
+    computed = ctx.computed_inputs(node)
     result: list = [None] * len(node.inputs)
     if len(computed) == 1:
         result[computed[0]] = unbroadcast(ctx, relevance_out[0], node.inputs[computed[0]], node.outputs[0])
@@ -208,7 +193,7 @@ def backward_matmul(ctx: Context, node: Node, relevance_out: list) -> list:
 
 @register("Einsum")
 def backward_einsum(ctx: Context, node: Node, relevance_out: list) -> list:
-    computed = _computed(ctx, node)
+    computed = ctx.computed_inputs(node)
     if len(node.inputs) != 2:
         raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Einsum with {len(node.inputs)} operands is not supported")
     layer = EinsumMap(ctx, node)
@@ -217,8 +202,8 @@ def backward_einsum(ctx: Context, node: Node, relevance_out: list) -> list:
     # one constant operand: a linear map of the other, LRP-0 through it (the epsilon rule's form)
     em = ctx.em
     index = computed[0]
-    x, w, out = node.inputs[index], node.inputs[1 - index], node.outputs[0]
-    s = em.op("Div", [relevance_out[0], ctx.stabilize(ctx.fwd(out), _stabilizer(ctx, node))], "s")
+    x, w = node.inputs[index], node.inputs[1 - index]
+    s = ctx.quotient(relevance_out[0], node)
     back = layer.to_first(s, w) if index == 0 else layer.to_second(s, w)
     result: list = [None, None]
     result[index] = em.op("Mul", [ctx.fwd(x), back], "r")

@@ -24,7 +24,6 @@ from sglrp_onnx.graph import Node
 
 from .axis_maps import apply_transpose_along
 from .builder import Context
-from .pooling import _norm_stabilizer
 from .registry import register
 
 #: Attributes of the forward's Resize that the basis Resize copies (``axes`` is not: the basis
@@ -130,7 +129,7 @@ def interpolation_matrix(ctx: Context, node: Node, geometry: Geometry, axis: int
 @register("Resize")
 def backward_resize(ctx: Context, node: Node, relevance_out: list) -> list:
     """``norm`` over the interpolation map: ``R_in = x * M^T (R / stab(y))`` axis by axis."""
-    x, y = node.inputs[0], node.outputs[0]
+    x = node.inputs[0]
     where = node.describe(ctx.graph)
     mode = _text(node.attrs.get("mode"), "nearest")
     if mode not in ("nearest", "linear"):
@@ -141,7 +140,7 @@ def backward_resize(ctx: Context, node: Node, relevance_out: list) -> list:
     geometry = Geometry(ctx, node)
     rank = len(geometry.in_sizes)
     em = ctx.em
-    s = em.op("Div", [relevance_out[0], ctx.stabilize(ctx.fwd(y), _norm_stabilizer(ctx, node))], "s")
+    s = ctx.quotient(relevance_out[0], node)
     for axis in geometry.resized_axes(where):
         s = apply_transpose_along(ctx, s, axis, rank, interpolation_matrix(ctx, node, geometry, axis))
     return [em.op("Mul", [ctx.fwd(x), s], "r")] + [None] * (len(node.inputs) - 1)

@@ -30,10 +30,6 @@ def backward_pass(ctx: Context, node: Node, relevance_out: list) -> list:
     return [relevance_out[0]] + [None] * (len(node.inputs) - 1)
 
 
-def _computed(ctx: Context, node: Node) -> list[int]:
-    return ctx.computed_inputs(node)
-
-
 @register("Add", "Sum")
 def backward_sum(ctx: Context, node: Node, relevance_out: list) -> list:
     """``norm`` over the computed summands: ``R_i = a_i * R / stab(sum)``.
@@ -41,7 +37,7 @@ def backward_sum(ctx: Context, node: Node, relevance_out: list) -> list:
     A constant summand (a bias, a position embedding) lets relevance ``pass`` by default; with an
     ``epsilon`` / ``zero`` override it absorbs its share, as gradient x input does (SPEC section 7).
     """
-    computed = _computed(ctx, node)
+    computed = ctx.computed_inputs(node)
     relevance = relevance_out[0]
     result: list = [None] * len(node.inputs)
     rule = ctx.rules.get(node.name)
@@ -53,9 +49,7 @@ def backward_sum(ctx: Context, node: Node, relevance_out: list) -> list:
 
 def _signed_sum(ctx: Context, node: Node, relevance: str, computed: list[int], signs: list[float]) -> list:
     """LRP-0 of ``sum_i sign_i * a_i``: ``R_i = sign_i * a_i * R / stab(out)`` (constants absorb theirs)."""
-    rule = ctx.rules.get(node.name)
-    stabilizer = float(getattr(rule, "stabilizer", ctx.stabilizer)) if rule is not None else ctx.stabilizer
-    s = ctx.em.op("Div", [relevance, ctx.stabilize(ctx.fwd(node.outputs[0]), stabilizer)], "s")
+    s = ctx.quotient(relevance, node)
     result: list = [None] * len(node.inputs)
     for i in computed:
         share = ctx.scale(ctx.mul(ctx.fwd(node.inputs[i]), s, "r"), signs[i], "signed")
@@ -67,7 +61,7 @@ def _signed_sum(ctx: Context, node: Node, relevance: str, computed: list[int], s
 def backward_constant_affine(ctx: Context, node: Node, relevance_out: list) -> list:
     """By a constant: ``pass``. ``a - b`` of two computed tensors (PoolFormer's ``pool(x) - x``):
     LRP-0 of the signed sum, ``R_a = a R / stab(a - b)``, ``R_b = -b R / stab(a - b)`` (SPEC section 7)."""
-    computed = _computed(ctx, node)
+    computed = ctx.computed_inputs(node)
     if node.op_type == "Sub" and len(computed) == 2:
         return _signed_sum(ctx, node, relevance_out[0], computed, [1.0, -1.0])
     if len(computed) != 1 or (node.op_type == "Div" and computed[0] != 0):

@@ -228,3 +228,28 @@ def test_tensorrt_form_refuses_what_it_cannot_express():
     sglrp_onnx.convert(model, composite="epsilon")
     with pytest.raises(UnsupportedModelError, match="pool.*TensorRT"):
         sglrp_onnx.convert(model, composite="epsilon", target_runtime="tensorrt")
+
+
+def test_cli_convert_target_runtime_and_inspect_report(tmp_path, capsys):
+    """``convert --target-runtime tensorrt`` records the target; ``inspect`` on a converted model
+    reports what the CUDA provider and TensorRT will make of it."""
+    from sglrp_onnx.cli import main
+
+    source = tmp_path / "cnn.onnx"
+    onnx.save(plain_cnn(), str(source))
+    for target_runtime in ("onnxruntime", "tensorrt"):
+        out = tmp_path / f"{target_runtime}.onnx"
+        assert main(["convert", str(source), "-o", str(out), "--composite", "epsilon", "--target-runtime", target_runtime]) == 0
+        capsys.readouterr()
+        assert main(["inspect", str(out), "--json"]) == 0
+        import json
+
+        report = json.loads(capsys.readouterr().out)
+        assert report["converted_with"]["target_runtime"] == target_runtime
+        assert report["runtimes"]["cuda_cpu_fallbacks"] == []
+        assert report["runtimes"]["onnxruntime_gpu_1.31"] == "loads"
+        refused = report["runtimes"]["tensorrt_blockers"]
+        if target_runtime == "tensorrt":
+            assert refused == []
+        else:  # the default form's MaxPool backward: Indices + ScatterElements(add)
+            assert {entry.split("(")[1].split(")")[0] for entry in refused} == {"MaxPool", "ScatterElements"}

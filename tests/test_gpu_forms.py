@@ -1,5 +1,5 @@
 """SPEC section 8 on a CPU-only machine: what the CUDA provider and TensorRT will do with the
-relevance part, checked against their own rules (``sglrp_onnx.placement``), and the TensorRT form
+relevance part, checked against their own rules (``sglrp_onnx.runtime_rules``), and the TensorRT form
 of the MaxPool backward checked against the default form.
 
 - the placement rules themselves, on hand-made nodes (so a test of a converted model that finds
@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import sglrp_onnx
 from sglrp_onnx.errors import UnsupportedModelError
-from sglrp_onnx.placement import cuda_fallbacks, release_blockers, tensorrt_blockers
+from sglrp_onnx.runtime_rules import cuda_fallbacks, release_blockers, tensorrt_blockers
 
 from reference import modern_models
 from test_reference_rules import ZOO, _stem_rules, get_model

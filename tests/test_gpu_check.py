@@ -73,7 +73,7 @@ def test_wheel_is_installed_offline_into_its_own_folder(tmp_path):
     out = tmp_path / "work"
     # a PATH without nvidia-smi: the machine looks like one without a driver, GPU or not
     env = {**os.environ, "PATH": os.path.dirname(sys.executable)}
-    done = subprocess.run([sys.executable, str(SCRIPT), str(wheel), "--out", str(out)],
+    done = subprocess.run([sys.executable, str(SCRIPT), str(wheel), "--out", str(out), "--model", "m=unused.onnx"],
                           capture_output=True, text=True, timeout=300, env=env)
     target = out / "onnxruntime-gpu"
     assert gpu_check.cuda_version_of_install(target) == "13.0"
@@ -82,6 +82,10 @@ def test_wheel_is_installed_offline_into_its_own_folder(tmp_path):
     # no GPU here: the driver check stops the run before any model is touched
     assert done.returncode == 1 and "no NVIDIA driver found" in done.stdout, done.stdout + done.stderr
     assert "models" not in report
+
+
+def test_missing_modules_are_named():
+    assert gpu_check.missing_modules(["numpy", "no_such_module_for_sure"]) == ["no_such_module_for_sure"]
 
 
 def test_needs_a_wheel_or_cpu_only():

@@ -46,6 +46,13 @@ CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "Tensorrt
 #: Oldest driver per CUDA major version (NVIDIA's CUDA release notes, minor version compatibility).
 MIN_DRIVER = {12: 525, 13: 580}
 REL_L2_LIMIT = 1e-3
+#: Modules the checks import besides onnxruntime (this project's requirements); torch/torchvision
+#: only where ResNet-50 is exported here.
+REQUIRED_MODULES = ("numpy", "onnx", "PIL", "onnxslim", "yaml", "tqdm")
+#: Seconds the whole check may take; TensorRT (engine builds take minutes) is skipped when less
+#: than TENSORRT_SECONDS remain.
+BUDGET_SECONDS = 280
+TENSORRT_SECONDS = 120
 DEFAULT_MODELS = {
     "efficientnet-lite0": (ROOT / "models" / "efficientnet_lite0.onnx", "efficientnet-lite"),
     "resnet50": (None, "imagenet"),
@@ -132,6 +139,13 @@ def cudnn_major() -> int | None:
     return None
 
 
+def missing_modules(names) -> list[str]:
+    """The modules of ``names`` that cannot be imported here."""
+    import importlib.util
+
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
 def run_command(command: list[str], timeout: int = 60) -> tuple[int, str]:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -161,6 +175,27 @@ def export_resnet50(path: Path) -> str:
                           input_names=["image"], output_names=["logits"],
                           dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}})
     return weights
+
+
+def install_deps(args) -> list[str]:
+    """Install the wheels of ``--deps DIR`` (offline, --no-deps) into the work folder; check that the
+    modules the checks need can be imported. Returns the failures."""
+    if args.deps:
+        target = Path(args.out) / "deps"
+        wheels = sorted(str(p) for p in Path(args.deps).glob("*.whl"))
+        code, output = run_command([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet",
+                                    "--target", str(target), *wheels], timeout=300)
+        if code != 0:
+            return [f"pip could not install the wheels of {args.deps}: {output.strip()[-500:]}"]
+        sys.path.insert(0, str(target))
+        args.deps_path = str(target)
+    needed = list(REQUIRED_MODULES)
+    if not args.model and not args.resnet50:
+        needed += ["torch", "torchvision"]
+    missing = missing_modules(needed)
+    if missing:
+        return [f"python modules missing: {', '.join(missing)}; put their wheels in a folder and give --deps DIR"]
+    return []
 
 
 def check_machine(args, report: dict) -> list[str]:
@@ -305,7 +340,12 @@ def check_model(name: str, path: str, preset: str, config: dict) -> dict:
 
     runtimes = [("cuda" if device == "cuda" else device, RuntimeOptions(provider=device, tf32=False))]
     if config["tensorrt"]:
-        runtimes.append(("tensorrt", RuntimeOptions(provider="tensorrt")))
+        if config["deadline"] - time.time() > TENSORRT_SECONDS:
+            runtimes.append(("tensorrt", RuntimeOptions(provider="tensorrt",
+                                                        tensorrt_cache_dir=str(Path(config["out"]) / "tensorrt"))))
+        else:
+            log(f"[{name}] tensorrt: skipped, less than {TENSORRT_SECONDS} s of the time budget left")
+            result["timing"].append({"runtime": "tensorrt", "error": "skipped: time budget"})
     for label, options in runtimes:
         try:
             explainer = Explainer(aug_path, options, placement="off", io_binding=True)
@@ -400,6 +440,8 @@ def main(argv=None) -> int:
                         help="check these models instead of EfficientNet-Lite0 and ResNet-50 (repeatable)")
     parser.add_argument("--batches", default="1,32,64", help="batch sizes to time (default 1,32,64)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per batch size (median; default 5)")
+    parser.add_argument("--deps", metavar="DIR", help="a folder of wheels for python modules this machine lacks "
+                        "(onnxslim, tqdm, ...), installed offline into the work folder")
     parser.add_argument("--cpu-only", action="store_true", help="test this script without a GPU: CPU provider, no wheel")
     parser.add_argument("--stage", choices=("all", "child"), default="all", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -413,8 +455,9 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     report: dict = {"mode": "cpu-only" if args.cpu_only else "gpu"}
     failures: list[str] = []
-    args.ort_path = None
-    if not args.cpu_only:
+    args.ort_path = args.deps_path = None
+    failures = install_deps(args)
+    if not args.cpu_only and not failures:
         failures = check_machine(args, report)
     if not failures:
         config = {
@@ -426,11 +469,12 @@ def main(argv=None) -> int:
             "out": args.out,
             "ort_path": args.ort_path,
             "report": str(Path(args.out) / "child.json"),
+            "deadline": time.time() + BUDGET_SECONDS - (time.perf_counter() - started),
         }
         config_path = Path(args.out) / "config.json"
         config_path.write_text(json.dumps(config), encoding="utf-8")
         env = dict(os.environ)
-        paths = [p for p in (args.ort_path, str(ROOT)) if p]
+        paths = [p for p in (args.ort_path, args.deps_path, str(ROOT)) if p]
         env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         code = subprocess.call([sys.executable, __file__, "--stage", "child", "--config", str(config_path)], env=env)
         child_report = Path(config["report"])

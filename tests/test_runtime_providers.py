@@ -305,3 +305,43 @@ def test_cuda_graph_request_fixes_the_batch_on_any_provider():
 def test_unknown_placement_policy():
     with pytest.raises(UsageError, match="placement policy"):
         Explainer(fake_augmented(num_classes=K, size=SIZE), "cpu", placement="maybe")
+
+
+def test_verify_placement_needs_a_profiling_session():
+    step = ExplainStep.open(fake_augmented(num_classes=K, size=SIZE), "cpu", placement="off")
+    assert step.placement is None
+    with pytest.raises(UsageError, match="without profiling"):
+        step.verify_placement()
+
+
+# -- the explain command's provider flags ------------------------------------------------------------------
+
+
+@pytest.fixture
+def photo_and_model(tmp_path):
+    from PIL import Image
+
+    model = tmp_path / "fake.onnx"
+    onnx.save(fake_augmented(num_classes=K, size=SIZE), model)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(photo)
+    return model, photo, tmp_path / "out"
+
+
+def test_explain_reports_provider_and_placement(photo_and_model, capsys):
+    from sglrp_onnx.cli import main
+
+    model, photo, out = photo_and_model
+    assert main(["explain", str(model), str(photo), "--out", str(out), "--verify-placement", "--deterministic"]) == 0
+    err = capsys.readouterr().err
+    assert "provider: CPUExecutionProvider (using the CPU: this onnxruntime is the CPU package" in err
+    assert "placement: placement of" in err and "on CPUExecutionProvider" in err
+
+
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_explain_with_an_unavailable_provider(photo_and_model, capsys, provider):
+    from sglrp_onnx.cli import main
+
+    model, photo, out = photo_and_model
+    assert main(["explain", str(model), str(photo), "--out", str(out), "--provider", provider]) == 2
+    assert "CPU package" in capsys.readouterr().err

@@ -230,7 +230,13 @@ def open_session(source, providers=None, session_options=None, *, profile: bool 
     if load_error is not None:
         versions = f" (the model: opset {model_versions[0]}, IR version {model_versions[1]})" if model_versions else ""
         log = f"; ONNX Runtime logged: {' | '.join(messages[-3:])}" if messages else ""
-        raise ModelLoadError(f"ONNX Runtime {ort.__version__} cannot load the model{versions}: {load_error}{log}") from None
+        hint = ""
+        if isinstance(request, RuntimeOptions) and request.cuda_graph:
+            hint = ("; CUDA graphs need every float node on CUDA (no host/device copies): try without "
+                    "cuda_graph and look at the placement (--verify-placement)")
+        raise ModelLoadError(
+            f"ONNX Runtime {ort.__version__} cannot load the model{versions}: {load_error}{log}{hint}"
+        ) from None
     session.disable_fallback()  # never switch providers silently at run time
     opened = OpenedSession(session, requested=wanted, messages=messages, profiling=profiling)
     if opened.provider != wanted:

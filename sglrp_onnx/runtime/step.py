@@ -108,6 +108,8 @@ class ExplainStep:
         ``placement``); profiling ends with it. With a fixed batch (CUDA graphs, whose shapes must
         not change) the first real batch is profiled instead, and ``None`` is returned until then.
         """
+        if not self.session.get_session_options().enable_profiling:
+            raise UsageError("the session was opened without profiling: open it with placement='check'")
         if self.fixed_batch and self._batch_size is None:
             self._profile_next = True
             return None

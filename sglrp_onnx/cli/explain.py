@@ -114,6 +114,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(default: the preset recorded in the model)",
     )
     method.add_argument(
+        "--target-runtime",
+        choices=("onnxruntime", "tensorrt"),
+        help="form of the relevance part: onnxruntime (fastest on its CPU and CUDA providers) or tensorrt "
+        "(no MaxPool Indices, no scatter reductions); default when converting: tensorrt with --provider "
+        "tensorrt or --deterministic, else onnxruntime",
+    )
+    method.add_argument(
         "--compare",
         action="store_true",
         help="also render LRP, CLRP and SGLRP side by side (converts the model three times, cached)",
@@ -210,6 +217,7 @@ def convert_options(args) -> dict:
         "contrast": args.contrast,
         "positive": args.positive,
         "preset": args.preset,
+        "target_runtime": args.target_runtime,
     }
     return {k: v for k, v in options.items() if v is not None}
 

@@ -15,13 +15,14 @@ ONNX Runtime session on the best provider (:mod:`.session`), and explains batche
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from sglrp_onnx.errors import UsageError
+from sglrp_onnx.errors import UnsupportedModelError, UsageError
 from sglrp_onnx.labels import label_of
 from sglrp_onnx.presets import Preset, get_preset
 from sglrp_onnx.runtime.cache import convert_cached
@@ -63,7 +64,9 @@ class Explainer:
             captured and passed on as ``RuntimeWarning``).
         deterministic: reproducible choices where ONNX Runtime offers them (see
             :class:`~sglrp_onnx.runtime.providers.RuntimeOptions`; docs/runtime.md says what it
-            cannot promise).
+            cannot promise). A plain classifier converted on the fly then gets the scatter-free
+            form (``target_runtime="tensorrt"``), as it does for the ``tensorrt`` provider, unless
+            ``target_runtime`` is given.
         placement: check where ONNX Runtime placed each node, from one profiled run at start
             (``placement`` attribute): ``auto`` (on GPU providers; float computation on the CPU
             is a warning), ``check`` (on any provider), ``require`` (float computation on the CPU
@@ -93,11 +96,12 @@ class Explainer:
         self.converted = False
         self.cache_path: Path | None = None
         options = {k: v for k, v in convert_kwargs.items() if v is not None}
+        request = runtime_options(providers)
         if _needs_conversion(proto, options):
             recorded = metadata_of(proto).get(KEY_PRESET)
             if recorded and not any(k in options for k in ("preset", "low", "high")):
                 options["preset"] = recorded  # converting again keeps the recorded preprocessing
-            proto, path = convert_cached(proto, options, cache, cache_dir)
+            proto, path = _convert_for(proto, options, request, deterministic, cache, cache_dir)
             self.cache_path = path
             self.converted = True
         self.model = proto
@@ -107,7 +111,6 @@ class Explainer:
         preset_name = preset_name or self.metadata.get(KEY_PRESET) or None
         self.preset: Preset | None = get_preset(preset_name) if preset_name else None
 
-        request = runtime_options(providers)
         if deterministic:
             if not isinstance(request, RuntimeOptions):
                 raise UsageError("deterministic=True needs the provider by name or as RuntimeOptions, not a provider list")
@@ -224,6 +227,22 @@ class Explainer:
         result = self.explain(x, targets, batch_size=batch_size)
         result.images = pixels
         return result
+
+
+def _convert_for(proto, options: dict, request, deterministic: bool, cache: bool, cache_dir):
+    """Convert for the runtime that will run the model: unless ``target_runtime`` is given, the
+    TensorRT provider and deterministic mode get the scatter-free form (SPEC section 8: TensorRT
+    refuses MaxPool's Indices and scatter reductions; CUDA adds scattered values with atomics, in
+    no fixed order). Where a model has no such form, the default form is used and a warning says so."""
+    provider = request.provider if isinstance(request, RuntimeOptions) else None
+    if "target_runtime" in options or not (provider == "tensorrt" or deterministic):
+        return convert_cached(proto, options, cache, cache_dir)
+    try:
+        return convert_cached(proto, {**options, "target_runtime": "tensorrt"}, cache, cache_dir)
+    except UnsupportedModelError as error:
+        why = "the TensorRT provider" if provider == "tensorrt" else "deterministic mode"
+        warnings.warn(f"converted with the default form, not the scatter-free one {why} asks for: {error}", RuntimeWarning, stacklevel=3)
+        return convert_cached(proto, options, cache, cache_dir)
 
 
 def _needs_conversion(proto, options: dict) -> bool:

@@ -330,12 +330,9 @@ def median_rate(run, batch: int, repeats: int) -> float:
 def check_model(name: str, path: str, preset: str, config: dict) -> dict:
     """Every check of one model; returns its part of the report (with ``failures``)."""
     import numpy as np
-    import onnxruntime as ort
 
     import sglrp_onnx
     from sglrp_onnx.runtime import Explainer, RuntimeOptions
-    from sglrp_onnx.runtime.binding import BoundBuffers
-    from sglrp_onnx.runtime.session import open_session
 
     device = config["device"]
     result: dict = {"model": name, "failures": [], "timing": []}
@@ -393,31 +390,42 @@ def check_model(name: str, path: str, preset: str, config: dict) -> dict:
             log(f"[{name}] tensorrt: skipped, less than {TENSORRT_SECONDS} s of the time budget left")
             result["timing"].append({"runtime": "tensorrt", "error": "skipped: time budget"})
     for label, options in runtimes:
-        try:
-            explainer = Explainer(aug_path, options, placement="off", io_binding=True)
-            forward = open_session(Path(path).read_bytes(), options, profile=False)
-        except Exception as error:  # noqa: BLE001 - e.g. TensorRT libraries missing
-            log(f"[{name}] {label}: not usable ({error})")
-            result["timing"].append({"runtime": label, "error": str(error)[:300]})
-            continue
-        image_name = forward.session.get_inputs()[0].name
-        outputs = [o.name for o in forward.session.get_outputs()]
-        buffers = BoundBuffers(forward.session, "cuda" if forward.provider != CPU else "cpu")
-        for batch in config["batches"]:
-            xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
-            tb = np.full(batch, -1, np.int64)
-            try:
-                f = median_rate(lambda: buffers.run({image_name: xb}, outputs), batch, config["repeats"])
-                a = median_rate(lambda: explainer.step.run_batch(xb, tb), batch, config["repeats"])
-            except Exception as error:  # noqa: BLE001 - e.g. out of GPU memory
-                result["timing"].append({"runtime": label, "batch": batch, "error": str(error)[:300]})
-                result["failures"].append(f"{label} batch {batch} failed: {str(error)[:200]}")
-                continue
-            result["timing"].append({"runtime": label, "provider": explainer.provider, "batch": batch,
-                                     "forward_img_s": round(f, 1), "augmented_img_s": round(a, 1), "ratio": round(f / a, 2)})
-            log(f"[{name}] {label} batch {batch}: forward {f:.1f} img/s, augmented {a:.1f} img/s ({f / a:.2f}x)")
-        del explainer, forward, buffers
+        result["timing"] += time_runtime(name, label, options, path, aug_path, x, config, result["failures"])
     return result
+
+
+def time_runtime(name, label, options, path, aug_path, x, config, failures) -> list[dict]:
+    """Forward vs augmented throughput on one runtime at each batch size (IO binding for both)."""
+    import numpy as np
+
+    from sglrp_onnx.runtime import Explainer
+    from sglrp_onnx.runtime.binding import BoundBuffers
+    from sglrp_onnx.runtime.session import open_session
+
+    try:
+        explainer = Explainer(aug_path, options, placement="off", io_binding=True)
+        forward = open_session(Path(path).read_bytes(), options, profile=False)
+    except Exception as error:  # noqa: BLE001 - e.g. TensorRT libraries missing
+        log(f"[{name}] {label}: not usable ({error})")
+        return [{"runtime": label, "error": str(error)[:300]}]
+    image_name = forward.session.get_inputs()[0].name
+    outputs = [o.name for o in forward.session.get_outputs()]
+    buffers = BoundBuffers(forward.session, "cuda" if forward.provider != CPU else "cpu")
+    rows = []
+    for batch in config["batches"]:
+        xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
+        tb = np.full(batch, -1, np.int64)
+        try:
+            f = median_rate(lambda: buffers.run({image_name: xb}, outputs), batch, config["repeats"])
+            a = median_rate(lambda: explainer.step.run_batch(xb, tb), batch, config["repeats"])
+        except Exception as error:  # noqa: BLE001 - e.g. out of GPU memory
+            rows.append({"runtime": label, "batch": batch, "error": str(error)[:300]})
+            failures.append(f"{label} batch {batch} failed: {str(error)[:200]}")
+            continue
+        rows.append({"runtime": label, "provider": explainer.provider, "batch": batch,
+                     "forward_img_s": round(f, 1), "augmented_img_s": round(a, 1), "ratio": round(f / a, 2)})
+        log(f"[{name}] {label} batch {batch}: forward {f:.1f} img/s, augmented {a:.1f} img/s ({f / a:.2f}x)")
+    return rows
 
 
 def child(config: dict) -> int:

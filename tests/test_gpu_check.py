@@ -111,3 +111,22 @@ def test_cpu_only_pipeline(tmp_path):
     assert [row["batch"] for row in tiny["timing"]] == [1, 3]
     assert all(row["forward_img_s"] > 0 and row["augmented_img_s"] > 0 for row in tiny["timing"])
     assert "| tiny | cpu | 3 |" in done.stdout and "CPU-only mode" in done.stdout
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
+def test_gpu_branch_reports_an_unusable_cuda_provider(tmp_path, monkeypatch):
+    """The child's CUDA branch on a machine where onnxruntime lists CUDA but cannot start it."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():  # pragma: no cover - GPU machines
+        pytest.skip("a real CUDA provider is installed: tools/gpu_check.sh checks it")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    model = tmp_path / "tiny.onnx"
+    onnx.save(plain_cnn(num_classes=5, size=16), model)
+    config = {"device": "cuda", "provider": "CUDAExecutionProvider", "models": {"tiny": [str(model), "imagenet"]},
+              "batches": [1], "repeats": 1, "out": str(tmp_path), "ort_path": None,
+              "report": str(tmp_path / "child.json"), "deadline": 0}
+    assert gpu_check.child(config) == 1
+    report = json.loads((tmp_path / "child.json").read_text())
+    (failure,) = report["failures"]
+    assert failure.startswith("tiny: UsageError: the CUDAExecutionProvider was asked for but could not be used")

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from sglrp_onnx.errors import UnsupportedModelError, UsageError
 from sglrp_onnx.runtime import CPU, CUDA, TENSORRT, ExplainStep, Explainer, RuntimeOptions, parse_profile

@@ -13,8 +13,9 @@ Steps (each printed as it runs; a markdown table at the end and DIR/gpu_check.js
    else its release: 1.27 and later are CUDA 13 builds) is checked against the driver (CUDA 13
    needs driver >= 580, CUDA 12 >= 525) and cuDNN 9;
 3. the models: the bundled EfficientNet-Lite0 (real weights) and ResNet-50 (``--resnet50 FILE``,
-   else exported here with torchvision, pretrained weights where torchvision has them cached,
-   random weights otherwise: said in the output), converted with SGLRP;
+   else exported here with torch: torchvision's, with its pretrained weights where torch's hub
+   cache has them, random weights otherwise, and the same architecture built here where
+   torchvision is missing; the output says which), converted with SGLRP;
 4. per model: ``onnxruntime.preload_dlls()``; the placement from a profiled CUDA run (no float
    computation on the CPU, no float host/device copies: SPEC section 8); CUDA vs CPU (the CPU
    provider of the same wheel) with TF32 off: same explained classes, relative L2 error of each
@@ -157,19 +158,64 @@ def run_command(command: list[str], timeout: int = 60) -> tuple[int, str]:
 # -- the parent: machine, wheel, models -----------------------------------------------------------------
 
 
-def export_resnet50(path: Path) -> str:
-    """ResNet-50 exported with this machine's torch/torchvision; returns where the weights came from."""
-    import torch
-    import torchvision
+def resnet50_module():
+    """(ResNet-50 in eval mode, where its weights came from). torchvision's model with its
+    pretrained weights where they are in torch's hub cache (no download is tried: the check runs
+    offline); torchvision's with random weights otherwise; without torchvision, the same
+    architecture written here (He et al. 2016, torchvision's v1.5 layout: stride in the 3x3 conv)."""
+    import glob
 
+    import torch
+
+    torch.manual_seed(0)
     try:
-        model = torchvision.models.resnet50(weights="DEFAULT")  # from torchvision's cache when offline
-        weights = "pretrained ImageNet weights (torchvision DEFAULT)"
-    except Exception as error:  # noqa: BLE001 - offline without cached weights
-        torch.manual_seed(0)
-        model = torchvision.models.resnet50(weights=None)
-        weights = f"RANDOM weights (pretrained weights not available: {type(error).__name__}); relevance values are not meaningful"
-    model.eval()
+        import torchvision
+    except ImportError:
+        return _plain_resnet50().eval(), "RANDOM weights, architecture built without torchvision"
+    cached = glob.glob(os.path.join(torch.hub.get_dir(), "checkpoints", "resnet50-*.pth"))
+    if cached:
+        model = torchvision.models.resnet50()
+        model.load_state_dict(torch.load(cached[0], map_location="cpu"))
+        return model.eval(), f"pretrained ImageNet weights ({os.path.basename(cached[0])})"
+    return torchvision.models.resnet50(weights=None).eval(), "RANDOM weights (no pretrained weights in torch's hub cache)"
+
+
+def _plain_resnet50():
+    import torch
+    from torch import nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, inplanes, planes, stride):
+            super().__init__()
+            width, out = planes, planes * 4
+            self.body = nn.Sequential(
+                nn.Conv2d(inplanes, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                nn.Conv2d(width, out, 1, bias=False), nn.BatchNorm2d(out),
+            )
+            self.skip = (nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+                         if stride != 1 or inplanes != out else nn.Identity())
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.skip(x))
+
+    layers, inplanes = [], 64
+    for planes, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for i in range(blocks):
+            layers.append(Bottleneck(inplanes, planes, stride if i == 0 else 1))
+            inplanes = planes * 4
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
+        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000),
+    )
+
+
+def export_resnet50(path: Path) -> str:
+    """ResNet-50 exported with this machine's torch (TorchScript exporter, opset 17, dynamic batch);
+    returns where the weights came from."""
+    import torch
+
+    model, weights = resnet50_module()
     with torch.no_grad():
         torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
                           input_names=["image"], output_names=["logits"],
@@ -191,7 +237,7 @@ def install_deps(args) -> list[str]:
         args.deps_path = str(target)
     needed = list(REQUIRED_MODULES)
     if not args.model and not args.resnet50:
-        needed += ["torch", "torchvision"]
+        needed += ["torch"]
     missing = missing_modules(needed)
     if missing:
         return [f"python modules missing: {', '.join(missing)}; put their wheels in a folder and give --deps DIR"]
@@ -284,12 +330,9 @@ def median_rate(run, batch: int, repeats: int) -> float:
 def check_model(name: str, path: str, preset: str, config: dict) -> dict:
     """Every check of one model; returns its part of the report (with ``failures``)."""
     import numpy as np
-    import onnxruntime as ort
 
     import sglrp_onnx
     from sglrp_onnx.runtime import Explainer, RuntimeOptions
-    from sglrp_onnx.runtime.binding import BoundBuffers
-    from sglrp_onnx.runtime.session import open_session
 
     device = config["device"]
     result: dict = {"model": name, "failures": [], "timing": []}
@@ -347,31 +390,42 @@ def check_model(name: str, path: str, preset: str, config: dict) -> dict:
             log(f"[{name}] tensorrt: skipped, less than {TENSORRT_SECONDS} s of the time budget left")
             result["timing"].append({"runtime": "tensorrt", "error": "skipped: time budget"})
     for label, options in runtimes:
-        try:
-            explainer = Explainer(aug_path, options, placement="off", io_binding=True)
-            forward = open_session(Path(path).read_bytes(), options, profile=False)
-        except Exception as error:  # noqa: BLE001 - e.g. TensorRT libraries missing
-            log(f"[{name}] {label}: not usable ({error})")
-            result["timing"].append({"runtime": label, "error": str(error)[:300]})
-            continue
-        image_name = forward.session.get_inputs()[0].name
-        outputs = [o.name for o in forward.session.get_outputs()]
-        buffers = BoundBuffers(forward.session, "cuda" if forward.provider != CPU else "cpu")
-        for batch in config["batches"]:
-            xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
-            tb = np.full(batch, -1, np.int64)
-            try:
-                f = median_rate(lambda: buffers.run({image_name: xb}, outputs), batch, config["repeats"])
-                a = median_rate(lambda: explainer.step.run_batch(xb, tb), batch, config["repeats"])
-            except Exception as error:  # noqa: BLE001 - e.g. out of GPU memory
-                result["timing"].append({"runtime": label, "batch": batch, "error": str(error)[:300]})
-                result["failures"].append(f"{label} batch {batch} failed: {str(error)[:200]}")
-                continue
-            result["timing"].append({"runtime": label, "provider": explainer.provider, "batch": batch,
-                                     "forward_img_s": round(f, 1), "augmented_img_s": round(a, 1), "ratio": round(f / a, 2)})
-            log(f"[{name}] {label} batch {batch}: forward {f:.1f} img/s, augmented {a:.1f} img/s ({f / a:.2f}x)")
-        del explainer, forward, buffers
+        result["timing"] += time_runtime(name, label, options, path, aug_path, x, config, result["failures"])
     return result
+
+
+def time_runtime(name, label, options, path, aug_path, x, config, failures) -> list[dict]:
+    """Forward vs augmented throughput on one runtime at each batch size (IO binding for both)."""
+    import numpy as np
+
+    from sglrp_onnx.runtime import Explainer
+    from sglrp_onnx.runtime.binding import BoundBuffers
+    from sglrp_onnx.runtime.session import open_session
+
+    try:
+        explainer = Explainer(aug_path, options, placement="off", io_binding=True)
+        forward = open_session(Path(path).read_bytes(), options, profile=False)
+    except Exception as error:  # noqa: BLE001 - e.g. TensorRT libraries missing
+        log(f"[{name}] {label}: not usable ({error})")
+        return [{"runtime": label, "error": str(error)[:300]}]
+    image_name = forward.session.get_inputs()[0].name
+    outputs = [o.name for o in forward.session.get_outputs()]
+    buffers = BoundBuffers(forward.session, "cuda" if forward.provider != CPU else "cpu")
+    rows = []
+    for batch in config["batches"]:
+        xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
+        tb = np.full(batch, -1, np.int64)
+        try:
+            f = median_rate(lambda: buffers.run({image_name: xb}, outputs), batch, config["repeats"])
+            a = median_rate(lambda: explainer.step.run_batch(xb, tb), batch, config["repeats"])
+        except Exception as error:  # noqa: BLE001 - e.g. out of GPU memory
+            rows.append({"runtime": label, "batch": batch, "error": str(error)[:300]})
+            failures.append(f"{label} batch {batch} failed: {str(error)[:200]}")
+            continue
+        rows.append({"runtime": label, "provider": explainer.provider, "batch": batch,
+                     "forward_img_s": round(f, 1), "augmented_img_s": round(a, 1), "ratio": round(f / a, 2)})
+        log(f"[{name}] {label} batch {batch}: forward {f:.1f} img/s, augmented {a:.1f} img/s ({f / a:.2f}x)")
+    return rows
 
 
 def child(config: dict) -> int:

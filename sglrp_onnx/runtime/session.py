@@ -228,6 +228,9 @@ def open_session(source, providers=None, session_options=None, *, profile: bool 
             load_error = None
     messages = [line for line in [*messages, *lines] if line]
     if load_error is not None:
+        if profiling:  # no session: its profile folder stays empty
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(options.profile_file_prefix))
         versions = f" (the model: opset {model_versions[0]}, IR version {model_versions[1]})" if model_versions else ""
         log = f"; ONNX Runtime logged: {' | '.join(messages[-3:])}" if messages else ""
         hint = ""

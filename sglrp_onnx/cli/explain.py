@@ -25,6 +25,7 @@ from sglrp_onnx.cli.explain_output import (
     write_image,
 )
 from sglrp_onnx.composites import COMPOSITES as COMPOSITE_TABLE
+from sglrp_onnx.distributed_cli import add_engine_options, check_engine_arguments, done_with_parquet, engine_settings
 from sglrp_onnx.errors import InputError, ModelLoadError, OutputError, UsageError
 from sglrp_onnx.labels import resolve_target
 from sglrp_onnx.presets import get_preset
@@ -136,6 +137,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     run_group.add_argument("--no-cache", action="store_true", help="do not cache models converted on the fly")
     run_group.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_options(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -270,6 +272,7 @@ def progress_bar(total: int, done: int, enabled: bool):
 
 def run(args) -> int:
     check_arguments(args)
+    check_engine_arguments(args)
     listed = max(args.top_k or 0, 5)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -299,6 +302,7 @@ def run(args) -> int:
             "top_k": args.top_k,
             "listed": listed,
             "labels": os.path.abspath(args.labels) if args.labels else None,
+            **engine_settings(args),
         }
     )
 
@@ -313,10 +317,17 @@ def run(args) -> int:
         done: set[str] = set()
     else:
         done = results.done(key)
+        if args.format == "parquet":
+            done = done_with_parquet(done, results, key, out)
     pending = [image for image in images if keys[image] not in done]
     skipped = len(images) - len(pending)
 
     print_lines = len(images) <= 10
+    if args.engine == "ray":
+        from sglrp_onnx.distributed_cli import PendingRun, explain_on_ray
+
+        return explain_on_ray(args, PendingRun(explainer, targets, listed, main_method, key, out, results, names,
+                                               keys, pending, len(images), skipped, print_lines))
     failures = written = 0
     with progress_bar(len(images), skipped, enabled=not args.quiet) as bar:
         for batch in _chunks(pending, args.batch_size):

@@ -77,10 +77,9 @@ class ExplainWorker:
 
     def __init__(self, job: ExplainJob):
         import onnxruntime as ort
+        import ray
 
         from sglrp_onnx.runtime import ExplainStep
-
-        import ray
 
         model = ray.get(job.model) if isinstance(job.model, ray.ObjectRef) else job.model
         options = ort.SessionOptions()

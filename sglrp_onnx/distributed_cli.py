@@ -46,7 +46,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         "--num-workers",
         type=int,
         metavar="K",
-        help="Ray actors (default: one per CPU of the Ray cluster; one per GPU where it has GPUs)",
+        help="Ray actors (default: one per CPU of the Ray cluster, one per GPU where it has GPUs); "
+        "the cluster's CPUs and GPUs are shared out among them",
     )
     group.add_argument(
         "--format",
@@ -111,15 +112,17 @@ def init_ray(address: str | None):
     return ray
 
 
-def default_workers(ray) -> tuple[int, float, float]:
-    """``(workers, CPUs per worker, GPUs per worker)`` for the cluster: one actor per GPU where
-    there are GPUs, else one per CPU."""
+def worker_shares(ray, requested: int | None, blocks: int) -> tuple[int, float, float]:
+    """``(workers, CPUs per worker, GPUs per worker)``: by default one actor per GPU where the
+    cluster has GPUs, else one per CPU; never more actors than blocks of work; the cluster's CPUs
+    (and GPUs) shared out among them, so that every actor can start."""
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = max(1, int(resources.get("CPU", 1)))
-    if gpus:
-        return gpus, max(1, cpus // gpus), 1
-    return cpus, 1, 0
+    cpus = max(1.0, float(resources.get("CPU", 1)))
+    gpus = float(resources.get("GPU", 0))
+    workers = requested or int(gpus or cpus)
+    workers = max(1, min(workers, blocks))
+    gpu_share = min(1.0, gpus / workers) if gpus else 0.0
+    return workers, cpus / workers, gpu_share
 
 
 @dataclass
@@ -156,21 +159,17 @@ def explain_on_ray(args, run: PendingRun) -> int:
     from sglrp_onnx.cli.explain import progress_bar
     from sglrp_onnx.distributed import explain_dataset
 
-    ray = init_ray(args.address)
-    workers, cpus, gpus = default_workers(ray)
-    if args.num_workers:
-        workers = args.num_workers
-    written = failures = 0
+    written = failures = workers = 0
     with progress_bar(run.total, run.skipped, enabled=not args.quiet) as bar:
         if run.pending:
+            ray = init_ray(args.address)
             items = [{"image": run.keys[p], "path": run.keys[p]} for p in run.pending]
             # blocks of about one batch each: Ray hands whole blocks to actors, so one block = one actor busy
             blocks = -(-len(items) // args.batch_size)
-            dataset = ray.data.from_items(items, override_num_blocks=blocks)
-            workers = min(workers, blocks)  # more actors than blocks would only idle
+            workers, cpus, gpus = worker_shares(ray, args.num_workers, blocks)
             explained = explain_dataset(
                 run.explainer,
-                dataset,
+                ray.data.from_items(items, override_num_blocks=blocks),
                 targets=None if args.top_k else run.targets,
                 top_k=args.top_k,
                 fit=args.fit,

@@ -122,6 +122,20 @@ def test_worker_killed_mid_run_loses_nothing(local_ray, files, explainer, tmp_pa
         np.testing.assert_allclose(row["relevance"][0], reference.relevance[i], rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"dtype": "int8"}, "dtype must be float32 or float16"),
+    ({"image_column": "photo"}, "the dataset has no column 'photo'"),
+    ({"top_k": 2, "targets": [1]}, "cannot be combined with targets"),
+    ({"num_workers": 0}, "num_workers must be a positive integer"),
+])
+def test_explain_dataset_option_errors(local_ray, files, explainer, options, message):
+    from sglrp_onnx.errors import UsageError
+
+    dataset = ray.data.from_items([{"image": p} for p in files["good"]])
+    with pytest.raises(UsageError, match=message):
+        explain_dataset(explainer, dataset, **options)
+
+
 def run_explain(capsys, *args) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     captured = capsys.readouterr()

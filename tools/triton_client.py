@@ -30,7 +30,8 @@ if str(ROOT) not in sys.path:  # run from a source checkout without installing
 
 from sglrp_onnx import metadata  # noqa: E402
 from sglrp_onnx.heatmap import heatmap, overlay, save_png  # noqa: E402
-from sglrp_onnx.presets import fit_image, get_preset  # noqa: E402
+from sglrp_onnx.presets import get_preset  # noqa: E402
+from sglrp_onnx.runtime import Preprocessing  # noqa: E402
 
 #: Triton data type names (model config) -> numpy dtypes, for the inputs this client sends.
 NUMPY_TYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT64": np.int64}
@@ -91,11 +92,9 @@ class ServedModel:
             max_batch_size=max_batch,
         )
 
-    def preprocess(self, photos, fit: str = "crop") -> tuple[np.ndarray, np.ndarray]:
-        """``(pixels uint8 [N, H, W, 3], model input)``: the ``explain`` command's preprocessing."""
-        pixels = np.stack([fit_image(photo, self.size, fit) for photo in photos])
-        x = get_preset(self.preset).normalize(pixels, self.layout).astype(self.image_dtype, copy=False)
-        return pixels, x
+    def preprocessing(self, fit: str = "crop") -> Preprocessing:
+        """The ``explain`` command's preprocessing (:class:`sglrp_onnx.runtime.Preprocessing`) for it."""
+        return Preprocessing(get_preset(self.preset), self.size, self.layout, np.dtype(self.image_dtype).name, fit)
 
 
 def served_model(client, model: str, preset: str | None = None) -> ServedModel:
@@ -135,7 +134,7 @@ def infer(client, served: ServedModel, x: np.ndarray, targets: np.ndarray) -> di
 def explain_photos(client, model: str, photos, targets=None, *, preset=None, fit="crop"):
     """``(served, pixels, outputs)`` for photo files; ``targets``: class indices, one or one per photo."""
     served = served_model(client, model, preset)
-    pixels, x = served.preprocess(photos, fit)
+    x, pixels = served.preprocessing(fit)(photos)
     wanted = np.full(len(photos), -1, np.int64) if targets is None else np.broadcast_to(np.asarray(targets, np.int64), (len(photos),))
     return served, pixels, infer(client, served, x, wanted)
 

@@ -326,8 +326,11 @@ def run(args) -> int:
     if args.engine == "ray":
         from sglrp_onnx.distributed_cli import PendingRun, explain_on_ray
 
-        return explain_on_ray(args, PendingRun(explainer, targets, listed, main_method, key, out, results, names,
-                                               keys, pending, len(images), skipped, print_lines))
+        return explain_on_ray(args, PendingRun(
+            explainer=explainer, targets=targets, listed=listed, method=main_method, settings=key, out=out,
+            results=results, names=names, keys=keys, pending=pending, total=len(images), skipped=skipped,
+            print_lines=print_lines,
+        ))
     failures = written = 0
     with progress_bar(len(images), skipped, enabled=not args.quiet) as bar:
         for batch in _chunks(pending, args.batch_size):

@@ -71,10 +71,29 @@ def check_engine_arguments(args) -> None:
         raise UsageError(f"--num-workers must be at least 1, got {args.num_workers}")
     if args.compare:
         raise UsageError("--compare runs three models side by side; it is not available with --engine ray")
+    local_only = [flag for flag, given in _provider_flags(args).items() if given]
+    if local_only:
+        raise UsageError(
+            f"{', '.join(local_only)}: provider options apply to --engine local; Ray actors run the CUDA provider "
+            "where Ray gives them a GPU, else the CPU"
+        )
     try:
         import ray  # noqa: F401
     except ImportError:
         raise UsageError("--engine ray needs Ray Data: pip install 'sglrp-onnx[ray,cpu]' (or '[ray,gpu]')") from None
+
+
+def _provider_flags(args) -> dict[str, bool]:
+    """The execution-provider flags of ``explain`` and whether each was given."""
+    return {
+        "--provider": getattr(args, "provider", "auto") != "auto",
+        "--device": getattr(args, "device", 0) != 0,
+        "--deterministic": bool(getattr(args, "deterministic", False)),
+        "--tf32": bool(getattr(args, "tf32", False)),
+        "--cuda-graph": bool(getattr(args, "cuda_graph", False)),
+        "--tensorrt-cache": getattr(args, "tensorrt_cache", None) is not None,
+        "--verify-placement": bool(getattr(args, "verify_placement", False)),
+    }
 
 
 def engine_settings(args) -> dict:

@@ -225,6 +225,7 @@ def test_cli_parquet_rows_and_resume_after_a_lost_file(local_ray, files, tmp_pat
     (["--num-workers", "2"], "--num-workers applies to --engine ray"),
     (["--engine", "ray", "--compare"], "not available with --engine ray"),
     (["--engine", "ray", "--num-workers", "0"], "--num-workers must be at least 1"),
+    (["--engine", "ray", "--provider", "cpu", "--tf32"], "--provider, --tf32: provider options apply to --engine local"),
 ])
 def test_engine_option_errors(files, tmp_path, capsys, extra, message):
     code, _, err = run_explain(capsys, "explain", files["model"], files["photos"], "--preset", "imagenet",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -29,6 +30,7 @@ from sglrp_onnx.distributed_cli import add_engine_options, check_engine_argument
 from sglrp_onnx.errors import InputError, ModelLoadError, OutputError, UsageError
 from sglrp_onnx.labels import resolve_target
 from sglrp_onnx.presets import get_preset
+from sglrp_onnx.runtime.providers import PROVIDER_CHOICES
 
 METHODS = ("lrp", "clrp", "sglrp")
 COMPOSITES = tuple(COMPOSITE_TABLE)
@@ -129,15 +131,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     run_group.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
     run_group.add_argument("--force", action="store_true", help="redo images already in results.jsonl and overwrite their files")
-    run_group.add_argument(
-        "--provider",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="ONNX Runtime execution provider (default auto: CUDA when onnxruntime-gpu and a GPU are usable)",
-    )
     run_group.add_argument("--no-cache", action="store_true", help="do not cache models converted on the fly")
-    run_group.add_argument("--quiet", action="store_true", help="no progress bar")
+    run_group.add_argument("--quiet", action="store_true", help="no progress bar, no provider report")
     add_engine_options(parser)
+    gpu = parser.add_argument_group("execution provider (docs/runtime.md, 'Providers and options')")
+    gpu.add_argument(
+        "--provider",
+        choices=PROVIDER_CHOICES,
+        default="auto",
+        help="ONNX Runtime execution provider (default auto: CUDA when onnxruntime-gpu and a GPU are usable, "
+        "else the CPU, saying why); tensorrt: TensorRT, CUDA for the nodes TensorRT does not take, CPU last",
+    )
+    gpu.add_argument("--device", type=int, default=0, metavar="N", help="GPU to use (default 0)")
+    gpu.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="reproducible choices where ONNX Runtime offers them: deterministic compute, heuristic cuDNN "
+        "algorithm choice, TF32 off (see docs/runtime.md for what it cannot promise)",
+    )
+    gpu.add_argument("--tf32", action="store_true", help="allow TF32 math on the GPU (faster, less precise; default off)")
+    gpu.add_argument("--cuda-graph", action="store_true",
+                     help="capture the run as a CUDA graph (batches padded to one size; needs every node on CUDA)")
+    gpu.add_argument("--tensorrt-cache", metavar="DIR", help="TensorRT engine cache (default: the conversion cache's tensorrt/)")
+    gpu.add_argument(
+        "--verify-placement",
+        action="store_true",
+        help="profile one run, print where ONNX Runtime ran the nodes, and stop with exit code 5 if a GPU "
+        "provider leaves float computation on the CPU (without it: checked on GPU providers, a warning)",
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -214,7 +235,12 @@ def open_explainers(args) -> tuple[str, dict]:
     from sglrp_onnx.runtime import Explainer
 
     options = convert_options(args)
-    common = dict(providers=args.provider, labels=args.labels, cache=not args.no_cache)
+    common = dict(
+        providers=runtime_request(args),
+        labels=args.labels,
+        cache=not args.no_cache,
+        placement="require" if args.verify_placement else "auto",
+    )
     explainer = Explainer(args.model, **common, **options)
     if explainer.preset is None:
         raise UsageError(f"the model records no preprocessing preset: give --preset ({', '.join(PRESET_NAMES)})")
@@ -231,6 +257,35 @@ def open_explainers(args) -> tuple[str, dict]:
                 opts.pop("contrast", None)
             explainers[method] = Explainer(args.model, **common, **opts)
     return main_method, explainers
+
+
+def runtime_request(args):
+    """The :class:`~sglrp_onnx.runtime.RuntimeOptions` of the provider flags."""
+    from sglrp_onnx.runtime import RuntimeOptions
+
+    return RuntimeOptions(
+        provider=args.provider,
+        device_id=args.device,
+        deterministic=args.deterministic,
+        tf32=args.tf32,
+        cuda_graph=args.cuda_graph,
+        tensorrt_cache_dir=args.tensorrt_cache,
+    )
+
+
+def report_provider(explainer, warned: list, quiet: bool) -> None:
+    """Tell the user what runs and why (stderr): the provider, the reason for a fallback, the
+    placement check, and the warnings ONNX Runtime logged while the session was made."""
+    for warning in warned:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    if quiet:
+        return
+    line = f"provider: {explainer.provider}"
+    if explainer.provider_note:
+        line += f" ({explainer.provider_note})"
+    print(line, file=sys.stderr)
+    if explainer.placement is not None:
+        print(f"placement: {explainer.placement.summary()}", file=sys.stderr)
 
 
 def explain_batch(x: np.ndarray, explainers: dict, main_method: str, targets: list[int], top_k: int | None) -> dict:
@@ -281,8 +336,11 @@ def run(args) -> int:
     if not Path(args.model).is_file():
         raise ModelLoadError(f"{args.model}: no such model file")
 
-    main_method, explainers = open_explainers(args)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        main_method, explainers = open_explainers(args)
     explainer = explainers[main_method]
+    report_provider(explainer, [w for w in warned if issubclass(w.category, RuntimeWarning)], args.quiet)
     targets: list[int] = []
     for value in args.target or ["predicted"]:
         index = resolve_target(value, explainer.labels, explainer.num_classes)

@@ -4,7 +4,10 @@ The parts, one concern each (docs/design.md, "Runtime"):
 
 - :mod:`.contract`: the model's metadata, tensor names, shapes and layout (:class:`ModelIO`);
 - :mod:`.cache`: convert a plain classifier on the fly and cache the converted file;
-- :mod:`.session`: ONNX Runtime sessions, execution providers and their options;
+- :mod:`.providers`: execution providers, their options (:class:`RuntimeOptions`), fallback reasons;
+- :mod:`.session`: ONNX Runtime sessions: which provider really runs, and why;
+- :mod:`.placement`: where ONNX Runtime ran each node, from a profiled run (:class:`PlacementReport`);
+- :mod:`.binding`: IO binding with device buffers reused across batches;
 - :mod:`.inputs`: photos -> model input (:class:`Preprocessing`), checks of batches and targets;
 - :mod:`.step`: :class:`ExplainStep`, one session + the explain step (what a worker holds);
 - :mod:`.result`: :class:`Explanation`;
@@ -35,12 +38,18 @@ from sglrp_onnx.runtime.contract import (
 from sglrp_onnx.runtime.explainer import Explainer, explainers_for_methods
 from sglrp_onnx.runtime.inputs import Preprocessing, check_images, check_targets
 from sglrp_onnx.runtime.result import Explanation, softmax
-from sglrp_onnx.runtime.session import CPU, CUDA, open_session
+from sglrp_onnx.runtime.placement import PlacementReport, parse_profile
+from sglrp_onnx.runtime.providers import CPU, CUDA, TENSORRT, RuntimeOptions
+from sglrp_onnx.runtime.session import open_session
 from sglrp_onnx.runtime.step import ExplainStep
 
 __all__ = [
     "CPU",
     "CUDA",
+    "TENSORRT",
+    "PlacementReport",
+    "RuntimeOptions",
+    "parse_profile",
     "ExplainStep",
     "Explainer",
     "Explanation",

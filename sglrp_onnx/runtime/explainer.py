@@ -15,18 +15,21 @@ ONNX Runtime session on the best provider (:mod:`.session`), and explains batche
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from sglrp_onnx.errors import UsageError
 from sglrp_onnx.labels import label_of
 from sglrp_onnx.presets import Preset, get_preset
 from sglrp_onnx.runtime.cache import convert_cached
 from sglrp_onnx.runtime.contract import KEY_METHOD, KEY_PRESET, is_augmented, load_onnx, metadata_of, shape_text
 from sglrp_onnx.runtime.inputs import Preprocessing, check_images, check_targets
 from sglrp_onnx.runtime.result import Explanation
-from sglrp_onnx.runtime.session import model_source, open_session
+from sglrp_onnx.runtime.providers import RuntimeOptions
+from sglrp_onnx.runtime.session import runtime_options
 from sglrp_onnx.runtime.step import ExplainStep
 
 
@@ -44,13 +47,27 @@ class Explainer:
             with ``sglrp_onnx.convert(model, **convert_kwargs)``; an augmented one is used as it is
             unless conversion options are given (or a preset other than the recorded one), in which
             case it is converted again.
-        providers: ``None`` or ``"auto"`` (CUDA if usable, else CPU), ``"cpu"``, ``"cuda"``, or a
-            list for ``onnxruntime.InferenceSession``.
+        providers: ``None`` or ``"auto"`` (CUDA if usable, else CPU), ``"cpu"``, ``"cuda"``,
+            ``"tensorrt"`` (TensorRT, CUDA for what TensorRT does not take, CPU last), a
+            :class:`~sglrp_onnx.runtime.providers.RuntimeOptions` (provider options: TF32, cuDNN
+            algorithm search, CUDA graphs, TensorRT cache, ...), or a list for
+            ``onnxruntime.InferenceSession`` (used as it is). A provider asked for by name that
+            cannot be used is an error saying why; ``auto`` falls back to the CPU and says why in
+            ``provider_note`` (and as a warning when a GPU provider is installed but not usable).
         labels: a labels file, or a list of class names (default: ImageNet names for 1000 classes).
         cache: keep converted models in ``cache_dir`` (default :func:`default_cache_dir`), keyed by
             a hash of the model bytes, the options and the engine version.
-        io_binding: use ONNX Runtime IO binding (default: on CUDA only).
-        session_options: an ``onnxruntime.SessionOptions``.
+        io_binding: use ONNX Runtime IO binding with device buffers reused across batches
+            (default: on GPU providers only).
+        session_options: an ``onnxruntime.SessionOptions`` (default: ONNX Runtime's warnings are
+            captured and passed on as ``RuntimeWarning``).
+        deterministic: reproducible choices where ONNX Runtime offers them (see
+            :class:`~sglrp_onnx.runtime.providers.RuntimeOptions`; docs/runtime.md says what it
+            cannot promise).
+        placement: check where ONNX Runtime placed each node, from one profiled run at start
+            (``placement`` attribute): ``auto`` (on GPU providers; float computation on the CPU
+            is a warning), ``check`` (on any provider), ``require`` (float computation on the CPU
+            of a GPU session is an :class:`~sglrp_onnx.errors.UnsupportedModelError`), ``off``.
         **convert_kwargs: options of :func:`sglrp_onnx.convert` (method, composite, contrast, preset,
             low, high, ...). ``preset`` alone makes an augmented model convert again only when it
             differs from the preset recorded in the model; otherwise it only chooses the
@@ -67,6 +84,8 @@ class Explainer:
         cache_dir: str | os.PathLike | None = None,
         io_binding: bool | None = None,
         session_options=None,
+        deterministic: bool = False,
+        placement: str = "auto",
         **convert_kwargs,
     ):
         proto, path = load_onnx(model)
@@ -88,11 +107,31 @@ class Explainer:
         preset_name = preset_name or self.metadata.get(KEY_PRESET) or None
         self.preset: Preset | None = get_preset(preset_name) if preset_name else None
 
-        opened = open_session(model_source(proto, path), providers, session_options)
-        self.session = opened.session
-        self.provider = opened.provider
-        self.provider_note = opened.note
-        self.step = ExplainStep(self.session, self.metadata, self.provider, labels=labels, io_binding=io_binding)
+        request = runtime_options(providers)
+        if deterministic:
+            if not isinstance(request, RuntimeOptions):
+                raise UsageError("deterministic=True needs the provider by name or as RuntimeOptions, not a provider list")
+            request = replace(request, deterministic=True)
+        self.runtime_options = request if isinstance(request, RuntimeOptions) else None
+        self.step = ExplainStep.from_proto(proto, path, request, labels=labels, io_binding=io_binding,
+                                           session_options=session_options, placement=placement)
+        self.session = self.step.session
+
+    @property
+    def provider(self) -> str:
+        """The provider that runs the model, as the session reports it (never what was only asked for)."""
+        return self.step.provider
+
+    @property
+    def provider_note(self) -> str:
+        """Why the provider that runs is not the one asked for ("" when it is)."""
+        return self.step.provider_note
+
+    @property
+    def placement(self):
+        """Where ONNX Runtime ran each node (:class:`~sglrp_onnx.runtime.placement.PlacementReport`),
+        where a profiled run was made; else ``None``."""
+        return self.step.placement
 
     image_input = _io_attribute("image_input", "Name of the image input.")
     target_input = _io_attribute("target_input", "Name of the target input.")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sglrp_onnx.errors import UsageError
+from sglrp_onnx.errors import InputError, UsageError
 
 ENGINES = ("local", "ray")
 FORMATS = ("png", "parquet")
@@ -209,7 +209,7 @@ def explain_on_ray(args, run: PendingRun) -> int:
         f"explained {written} image(s), skipped {run.skipped} already done, {failures} failed; "
         f"results in {run.results.path} (Ray: {workers} worker(s))"
     )
-    return 7 if failures else 0
+    return InputError.exit_code if failures else 0
 
 
 def _write_batch(batch: dict, run, parquet, bar) -> tuple[int, int]:

@@ -13,8 +13,9 @@ $(VENV)/.core: pyproject.toml
 
 # lxt (the transformer oracle of tests/test_lxt_vit.py) without its heavy optional requirements;
 # what its import chain needs (transformers<4.54, tabulate) comes with the torch extra.
+# ray and triton: the scale-out tests (tests/test_distributed.py, tests/test_triton_repo.py).
 $(VENV)/.torch: $(VENV)/.core
-	$(PY) -m pip install --quiet -e '.[cpu,test,torch]'
+	$(PY) -m pip install --quiet -e '.[cpu,test,torch,ray,triton]'
 	$(PY) -m pip install --quiet --no-deps lxt==2.1
 	touch $@
 

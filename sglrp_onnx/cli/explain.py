@@ -26,6 +26,7 @@ from sglrp_onnx.cli.explain_output import (
     write_image,
 )
 from sglrp_onnx.composites import COMPOSITES as COMPOSITE_TABLE
+from sglrp_onnx.distributed_cli import add_engine_options, check_engine_arguments, done_with_parquet, engine_settings
 from sglrp_onnx.errors import InputError, ModelLoadError, OutputError, UsageError
 from sglrp_onnx.labels import resolve_target
 from sglrp_onnx.presets import get_preset
@@ -139,6 +140,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     run_group.add_argument("--force", action="store_true", help="redo images already in results.jsonl and overwrite their files")
     run_group.add_argument("--no-cache", action="store_true", help="do not cache models converted on the fly")
     run_group.add_argument("--quiet", action="store_true", help="no progress bar, no provider report")
+    add_engine_options(parser)
     gpu = parser.add_argument_group("execution provider (docs/runtime.md, 'Providers and options')")
     gpu.add_argument(
         "--provider",
@@ -333,6 +335,7 @@ def progress_bar(total: int, done: int, enabled: bool):
 
 def run(args) -> int:
     check_arguments(args)
+    check_engine_arguments(args)
     listed = max(args.top_k or 0, 5)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -365,6 +368,7 @@ def run(args) -> int:
             "top_k": args.top_k,
             "listed": listed,
             "labels": os.path.abspath(args.labels) if args.labels else None,
+            **engine_settings(args),
         }
     )
 
@@ -379,10 +383,20 @@ def run(args) -> int:
         done: set[str] = set()
     else:
         done = results.done(key)
+        if args.format == "parquet":
+            done = done_with_parquet(done, results, key, out)
     pending = [image for image in images if keys[image] not in done]
     skipped = len(images) - len(pending)
 
     print_lines = len(images) <= 10
+    if args.engine == "ray":
+        from sglrp_onnx.distributed_cli import PendingRun, explain_on_ray
+
+        return explain_on_ray(args, PendingRun(
+            explainer=explainer, targets=targets, listed=listed, method=main_method, settings=key, out=out,
+            results=results, names=names, keys=keys, pending=pending, total=len(images), skipped=skipped,
+            print_lines=print_lines,
+        ))
     failures = written = 0
     with progress_bar(len(images), skipped, enabled=not args.quiet) as bar:
         for batch in _chunks(pending, args.batch_size):

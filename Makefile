@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench coverage clean
+.PHONY: demo test test-fast bench coverage evaluate clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(VENV)/.core: pyproject.toml
 # lxt (the transformer oracle of tests/test_lxt_vit.py) without its heavy optional requirements;
 # what its import chain needs (transformers<4.54, tabulate) comes with the torch extra.
 $(VENV)/.torch: $(VENV)/.core
-	$(PY) -m pip install --quiet -e '.[cpu,test,torch]'
+	$(PY) -m pip install --quiet -e '.[cpu,test,torch,eval]'
 	$(PY) -m pip install --quiet --no-deps lxt==2.1
 	touch $@
 
@@ -29,6 +29,15 @@ test: $(VENV)/.torch
 ## make test-fast: the suite without the PyTorch/Zennit parts
 test-fast: $(VENV)/.core
 	$(PY) -m pytest -q -m "not torch"
+
+$(VENV)/.eval: $(VENV)/.core
+	$(PY) -m pip install --quiet -e '.[cpu,test,eval]'
+	touch $@
+
+## make evaluate: LRP, CLRP, SGLRP and baselines measured on two-object photos -> docs/evaluation.md
+## (pretrained EfficientNet-Lite0, scikit-image photos; about 8-25 minutes on 2 cores, see the doc)
+evaluate: $(VENV)/.eval
+	$(PY) tools/evaluate.py
 
 bench: $(VENV)/.torch
 	$(PY) tools/bench.py

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -289,7 +288,10 @@ def run(args) -> int:
 
     bar = tqdm(total=len(sources) * len(cases), desc="evaluate", unit="map", disable=args.quiet, file=sys.stderr)
     try:
-        records = evaluate(inputs, first.layout, cases, sources, scorer, settings, progress=bar.update)
+        records = evaluate(
+            inputs, first.layout, cases, sources, scorer, settings, progress=bar.update,
+            keep_maps=0 if args.no_plots else args.heatmap_rows,
+        )
     finally:
         bar.close()
     summary = summarise(records)

@@ -124,7 +124,7 @@ def plot_curves(summary: dict[str, dict], path: Path, sources: Sequence[str] | N
         axis.set_xlabel("fraction of patches")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("probability of the explained class")
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figure.tight_layout()
     path = _save_figure(figure, path)
     plt.close(figure)
@@ -155,9 +155,14 @@ def plot_heatmaps(records: Sequence[Record], photos: dict[int, np.ndarray], path
     """A grid of maps: one row per case (the first ``cases``), one column per source; each map on a
     symmetric colour scale (red positive, blue negative), the object's box outlined."""
     plt = _pyplot()
+    records = [r for r in records if r.rmap is not None]
+    if not records:
+        raise UsageError("no maps were kept for the heatmap grid")
     sources = list(dict.fromkeys(r.source for r in records))
     keys = list(dict.fromkeys((r.case.image, r.case.target) for r in records))[:cases]
-    by_key = {(r.source, r.case.image, r.case.target): r for r in records}
+    by_key = {}
+    for r in records:  # the first record of each (source, image, class)
+        by_key.setdefault((r.source, r.case.image, r.case.target), r)
     figure, axes = plt.subplots(len(keys), len(sources) + 1, figsize=(1.7 * (len(sources) + 1), 1.8 * len(keys)), squeeze=False)
     for row, (image, target) in enumerate(keys):
         first = by_key[(sources[0], image, target)]

@@ -192,7 +192,7 @@ def evaluate(
     score: perturbation.Scorer,
     settings: Settings | None = None,
     progress: Callable[[int], None] | None = None,
-    keep_maps: bool = True,
+    keep_maps: int | None = None,
 ) -> list[Record]:
     """Every metric for every source on every case.
 
@@ -205,7 +205,8 @@ def evaluate(
             :class:`sglrp_onnx.metrics.scorer.ForwardScorer`).
         settings: perturbation settings.
         progress: called with 1 after each (source, case).
-        keep_maps: keep each map in its record (for heatmap grids).
+        keep_maps: keep the maps of the first ``keep_maps`` cases in their records (for heatmap
+            grids); ``None``: all of them (memory: one ``[H, W]`` float64 map per source and case).
     """
     settings = settings or Settings()
     settings.check()
@@ -216,8 +217,9 @@ def evaluate(
         )
         for i in sorted({c.image for c in cases})
     }
-    originals = score(images[sorted(fills)])
-    probability = {i: originals[row] for row, i in enumerate(sorted(fills))}
+    used = sorted(fills)
+    originals = np.concatenate([score(images[used[i : i + settings.batch_size]]) for i in range(0, len(used), settings.batch_size)])
+    probability = {i: originals[row] for row, i in enumerate(used)}
     records: list[Record] = []
     for name, source in sources.items():
         # maps in small batches: the relevance part needs several times the forward's memory
@@ -226,11 +228,12 @@ def evaluate(
             batch = inputs[[c.image for c in chunk]]
             targets = np.asarray([c.target for c in chunk], dtype=np.int64)
             maps = np.asarray(source(batch, targets), dtype=np.float64)
-            for case, rmap in zip(chunk, maps):
+            for offset, (case, rmap) in enumerate(zip(chunk, maps)):
                 scalars, deletion, insertion = case_metrics(
                     images[case.image], rmap, case, score, fills[case.image], float(probability[case.image][case.target]), settings
                 )
-                records.append(Record(name, case, scalars, deletion, insertion, rmap if keep_maps else None))
+                kept = keep_maps is None or start + offset < keep_maps
+                records.append(Record(name, case, scalars, deletion, insertion, rmap if kept else None))
                 if progress:
                     progress(1)
         release = getattr(source, "release", None)

@@ -231,3 +231,17 @@ def test_evaluate_and_summarise(linear):
     assert summary["truth"]["relevance_mass"]["mean"] == pytest.approx(np.mean(masses))
     assert summary["truth"]["relevance_mass"]["n"] == 2
     assert len(summary["random"]["deletion"]["std"]) == 7
+
+
+def test_masks_follow_the_photo_through_the_fit():
+    from sglrp_onnx.metrics.annotations import fit_mask
+
+    mask = np.zeros((30, 40), bool)  # a 40x30 photo, the object in its left half
+    mask[:, :20] = True
+    stretched = fit_mask(mask, 16, "stretch")
+    assert stretched[:, :8].all() and not stretched[:, 8:].any()
+    cropped = fit_mask(mask, 16, "crop")  # resized to 21x16, 2 columns cut on the left
+    expected_columns = 20 * 16 / 30 - 2  # = 8.67: columns 0..8 are on the object
+    assert cropped[:, : int(expected_columns)].all() and not cropped[:, int(expected_columns) + 1 :].any()
+    padded = fit_mask(mask, 16, "pad")  # resized to 16x12, 2 black rows above and below
+    assert not padded[:2].any() and not padded[14:].any() and padded[2:14, :8].all()

@@ -1,7 +1,7 @@
 """The gradient x input baseline (sglrp_onnx.metrics.gradient) against PyTorch autograd on the
 same weights: a net with every structure the rewrite relies on (BatchNorm folded into Conv,
 ReLU6 with many clipped units, LeakyReLU, depthwise Conv, a residual Add, max and average pooling,
-a bias-carrying Linear), exported by both exporters; and the refusal for a smooth activation."""
+a bias-carrying Linear, in-graph normalisation), exported by both exporters; and the refusal for a smooth activation."""
 
 from __future__ import annotations
 
@@ -32,8 +32,11 @@ class Block(torch.nn.Module):
             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5),
         )
 
+        self.register_buffer("mean", torch.tensor([0.4, 0.5, 0.6]).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.2, 0.3, 0.25]).reshape(1, 3, 1, 1))
+
     def forward(self, x):
-        h = self.stem(x)
+        h = self.stem((x - self.mean) / self.std)  # in-graph normalisation: Sub and Div of constants
         h = h + self.depthwise(h)
         return self.head(self.pool(h))
 

@@ -27,7 +27,8 @@ annotated object (or those of --target) and every method x composite (plus the b
                  pointing        1 if the map's maximum lies inside the object, else 0
   discrimination discrim.        on images with several objects: positive relevance on the
                                  requested object / on all annotated objects
-  faithfulness   max-patch drop  probability drop when the 9x9 patch at the map's maximum is removed
+  faithfulness   max-patch drop  probability drop when the 9x9 patch (--patch) at the map's maximum
+                                 is removed
                  AOPC            mean probability drop over the deletion steps (Samek et al. 2017)
                  deletion AUC    area under the probability while removing 9x9 patches, most
                                  relevant first, 1% of the patches per step (lower is better)
@@ -51,12 +52,12 @@ annotations:
 methods (--methods): lrp, clrp[:signed|:scaled], sglrp[:signed|:scaled]; a bare clrp/sglrp takes
   the method's default contrast (clrp: scaled, sglrp: signed). Each is run under every --composites.
 
-files (in OUT):
+files (in OUT; a new run replaces them):
   evaluation.md     the table: mean ± standard deviation over the cases per method
   evaluation.json   settings, summary, and every case's metrics and curves
   curves.png        deletion and insertion curves, mean with a ± 1 std band
   scores.png        bars of mass in box, pointing, discrimination and AOPC
-  heatmaps.png      maps of the first cases for every method (--heatmap-rows)
+  heatmaps.png      maps of the first cases for every method (--heatmap-rows; 0: none)
   (the PNG files need matplotlib: pip install 'sglrp-onnx[eval]'; --no-plots skips them)
 
 examples:
@@ -266,6 +267,12 @@ def run(args) -> int:
     if not args.no_plots:
         report._pyplot()  # fail before the long run, not after it
     images = collect_images(args.inputs)
+    from sglrp_onnx.metrics import annotations
+
+    if args.boxes:  # the annotation files' form is checked before any conversion
+        annotations.read_boxes(args.boxes)
+    else:
+        annotations.check_masks_folder(args.masks)
 
     started = time.perf_counter()
     common = dict(providers=args.provider, labels=args.labels, cache=not args.no_cache, session_options=_session_options())

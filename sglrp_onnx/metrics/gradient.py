@@ -14,8 +14,9 @@ constant 6 where ``x > 6``, where the gradient is 0 but the pass rule hands on `
 :func:`gradient_model` therefore rewrites every ``Clip(x, lo, hi)`` into the same function built
 from ReLUs, ``lo + Relu(x + (-lo)) - Relu(x + (-hi))``, whose pieces the rules above treat
 exactly (the Adds of constants get the ``zero`` rule, so the constants absorb their share; the
-difference of the two ReLUs is LRP-0 of a signed sum). A Sub of a constant already in the model
-is refused: the engine always passes relevance through it, which is not its gradient. The rewritten model computes the same
+difference of the two ReLUs is LRP-0 of a signed sum). For the same reason a ``Sub`` of a
+constant (in-graph normalisation ``x - mean``) becomes ``Add(x, -mean)``: the engine passes
+relevance through a Sub of a constant unchanged, which is not its gradient. ``c - x`` is refused. The rewritten model computes the same
 forward pass (up to float rounding in the subtraction).
 
 Anything else on the float path whose LRP rule is not the gradient -- smooth activations
@@ -66,6 +67,7 @@ def _constant_names(graph: onnx.GraphProto) -> set[str]:
 
 def _check_exact(graph: onnx.GraphProto) -> None:
     constants = _constant_names(graph)
+    literals = _constant_values(graph)
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
@@ -84,8 +86,8 @@ def _check_exact(graph: onnx.GraphProto) -> None:
             continue
         if node.op_type in _SCALE_OPS and sum(i not in constants for i in node.input) <= 1:
             continue
-        if node.op_type == "Sub" and (all(i not in constants for i in node.input) or all(o in constants for o in node.output)):
-            continue  # a - b of two computed tensors: LRP-0 of a signed sum
+        if node.op_type == "Sub" and (node.input[1] in literals or all(i not in constants for i in node.input)):
+            continue  # x - c is rewritten into x + (-c); a - b of two computed tensors: LRP-0 of a signed sum
         if node.op_type in _FINAL_OPS and reaches_output(node.output[0]):
             continue
         if all(o in constants for o in node.output):
@@ -160,7 +162,8 @@ def _relu_form(node: onnx.NodeProto, lo: float | None, hi: float | None, dtype) 
 def gradient_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of a plain classifier whose LRP-0 relevance is exactly gradient x input.
 
-    Clip nodes are rewritten into ReLUs (see the module's text); any node whose rule would not
+    Clip nodes are rewritten into ReLUs and ``x - c`` into ``x + (-c)`` (see the module's text);
+    any node whose rule would not
     be its gradient raises :class:`UnsupportedModelError`. An augmented model is stripped of its
     relevance part first.
     """
@@ -175,14 +178,20 @@ def gradient_model(model: onnx.ModelProto) -> onnx.ModelProto:
     result.CopyFrom(model)
     dtype = np.float32
     new_nodes, new_weights = [], []
+    computed_constants = _constant_names(model.graph)
     for node in model.graph.node:
-        if node.op_type != "Clip":
+        if node.op_type == "Clip":
+            lo, hi = _clip_bounds(node, constants)
+            nodes, weights = _relu_form(node, lo, hi, dtype)
+            new_nodes.extend(nodes)
+            new_weights.extend(weights)
+        elif node.op_type == "Sub" and node.input[1] in constants and node.input[0] not in computed_constants:
+            # in-graph normalisation x - mean: as x + (-mean), so the constant absorbs its share
+            negated = f"{node.name or node.output[0]}/gradient_negated"
+            new_weights.append(numpy_helper.from_array(-constants[node.input[1]], negated))
+            new_nodes.append(helper.make_node("Add", [node.input[0], negated], list(node.output), name=node.name))
+        else:
             new_nodes.append(node)
-            continue
-        lo, hi = _clip_bounds(node, constants)
-        nodes, weights = _relu_form(node, lo, hi, dtype)
-        new_nodes.extend(nodes)
-        new_weights.extend(weights)
     del result.graph.node[:]
     result.graph.node.extend(new_nodes)
     for index, node in enumerate(result.graph.node):  # named, so that gradient_rules can address each Add

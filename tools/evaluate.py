@@ -10,10 +10,11 @@ two halves, known by construction; both objects of every image are explained. Th
     sglrp-onnx evaluate ... --methods lrp clrp:scaled sglrp:signed sglrp:scaled
                             --composites dtd epsilon-plus-flat epsilon-gamma-box
 
-(with the random and gradient x input baselines) and writes the table and plots into
-docs/evaluation/ and the table into docs/evaluation.md between its table markers.
+(with the random and gradient x input baselines) into build/evaluation/out/ (table, JSON with
+every case, plots), copies the plots into docs/evaluation/ and the table into docs/evaluation.md
+between its table markers.
 
-    python tools/evaluate.py [--out docs/evaluation] [--steps 100] [--provider auto]
+    python tools/evaluate.py [--work build/evaluation] [--steps 100] [--provider auto] [--no-doc]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import itertools
 import json
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,6 +37,7 @@ from sglrp_onnx.cli import main as cli_main  # noqa: E402
 
 MODEL = ROOT / "models" / "efficientnet_lite0.onnx"
 DOC = ROOT / "docs" / "evaluation.md"
+PLOTS = ROOT / "docs" / "evaluation"
 PHOTOS = {  # scikit-image loader -> ImageNet class the model gives the photo alone
     "chelsea": 285,  # Egyptian cat
     "coffee": 967,  # espresso
@@ -95,28 +98,32 @@ def update_doc(table: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evaluation", help="where table and plots go")
-    parser.add_argument("--work", type=Path, default=ROOT / "build" / "evaluation", help="composed images and boxes")
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "evaluation",
+                        help="composed images, boxes and the full output (default build/evaluation)")
     parser.add_argument("--steps", type=int, default=100, help="deletion/insertion steps (default 100)")
     parser.add_argument("--provider", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--no-doc", action="store_true", help="do not touch docs/evaluation.md")
+    parser.add_argument("--no-doc", action="store_true", help="leave docs/evaluation.md and docs/evaluation/ alone")
     args = parser.parse_args()
 
     started = time.perf_counter()
     boxes = compose(args.work / "images")
+    out = args.work / "out"
     code = cli_main([
         "evaluate", str(MODEL), str(boxes.parent), "--boxes", str(boxes),
         "--preset", "efficientnet-lite", "--fit", "stretch",
         "--methods", "lrp", "clrp:scaled", "sglrp:signed", "sglrp:scaled",
         "--composites", "dtd", "epsilon-plus-flat", "epsilon-gamma-box",
         "--steps", str(args.steps), "--provider", args.provider, "--heatmap-rows", "4",
-        "--out", str(args.out),
+        "--out", str(out),
     ])
     if code:
         return code
-    table = (args.out / "evaluation.md").read_text().split("\n\n", 1)[1]
+    table = (out / "evaluation.md").read_text().split("\n\n", 1)[1]
     if not args.no_doc:
         update_doc(table)
+        PLOTS.mkdir(parents=True, exist_ok=True)
+        for name in ("curves.png", "scores.png", "heatmaps.png"):
+            shutil.copyfile(out / name, PLOTS / name)
     print(f"make evaluate: {time.perf_counter() - started:.0f} s in all")
     return 0
 

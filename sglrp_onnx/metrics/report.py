@@ -100,13 +100,13 @@ def _pyplot():
     return plt
 
 
-def _save_figure(figure, path: Path) -> Path:
+def _save_figure(figure, path: Path, dpi: int = 110) -> Path:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     return atomic_write_bytes(path, buffer.getvalue(), force=True)
 
 
-def plot_curves(summary: dict[str, dict], path: Path, sources: Sequence[str] | None = None) -> Path:
+def plot_curves(summary: dict[str, dict], path: Path, sources: Sequence[str] | None = None, dpi: int = 110) -> Path:
     """Deletion and insertion curves: mean over the cases with a band of ± one standard deviation."""
     plt = _pyplot()
     names = list(sources or summary)
@@ -126,12 +126,12 @@ def plot_curves(summary: dict[str, dict], path: Path, sources: Sequence[str] | N
     axes[0].set_ylabel("probability of the explained class")
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figure.tight_layout()
-    path = _save_figure(figure, path)
+    path = _save_figure(figure, path, dpi=dpi)
     plt.close(figure)
     return path
 
 
-def plot_bars(summary: dict[str, dict], metrics: Sequence[str], path: Path) -> Path:
+def plot_bars(summary: dict[str, dict], metrics: Sequence[str], path: Path, dpi: int = 110) -> Path:
     """Grouped bars (mean ± standard deviation) of a few scalar metrics for every source."""
     plt = _pyplot()
     names = list(summary)
@@ -146,12 +146,12 @@ def plot_bars(summary: dict[str, dict], metrics: Sequence[str], path: Path) -> P
     axes[0].set_yticks(range(len(names)), names, fontsize=8)
     axes[0].invert_yaxis()
     figure.tight_layout()
-    path = _save_figure(figure, path)
+    path = _save_figure(figure, path, dpi=dpi)
     plt.close(figure)
     return path
 
 
-def plot_heatmaps(records: Sequence[Record], photos: dict[int, np.ndarray], path: Path, cases: int = 4) -> Path:
+def plot_heatmaps(records: Sequence[Record], photos: dict[int, np.ndarray], path: Path, cases: int = 4, dpi: int = 80) -> Path:
     """A grid of maps: one row per case (the first ``cases``), one column per source; each map on a
     symmetric colour scale (red positive, blue negative), the object's box outlined."""
     plt = _pyplot()
@@ -180,6 +180,6 @@ def plot_heatmaps(records: Sequence[Record], photos: dict[int, np.ndarray], path
         axis.set_xticks([])
         axis.set_yticks([])
     figure.tight_layout()
-    path = _save_figure(figure, path)
+    path = _save_figure(figure, path, dpi=dpi)
     plt.close(figure)
     return path

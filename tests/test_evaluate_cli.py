@@ -130,3 +130,20 @@ def test_bad_masks_and_options(setup, capsys):
     assert "photo0.2.png: mask is 10x10 but the photo photo0.png is 40x30" in capsys.readouterr().err
     assert run(setup, "--boxes", setup["boxes"], "--steps", "0", out="bm") == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+
+
+def test_table_marks_every_best_source():
+    from sglrp_onnx.metrics.report import markdown_table
+    from sglrp_onnx.metrics.runner import SCALARS
+
+    def stats(value):
+        return {"mean": value, "std": 0.0, "n": 2}
+
+    summary = {
+        name: {metric: stats(value) for metric in SCALARS}
+        for name, value in (("a", 0.5), ("b", 0.5), ("c", 0.25))
+    }
+    rows = {line.split(" | ")[0].strip("| "): line for line in markdown_table(summary).splitlines()[2:5]}
+    # higher is better for mass: a and b tie; lower is better for the deletion area: c alone
+    assert rows["a"].count("**0.500") == len(SCALARS) - 1 and rows["b"].count("**0.500") == len(SCALARS) - 1
+    assert rows["c"].count("**0.250") == 1

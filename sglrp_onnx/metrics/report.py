@@ -39,21 +39,23 @@ def _cell(stats: dict) -> str:
 
 def markdown_table(summary: dict[str, dict]) -> str:
     """One row per source, one column per metric: mean ± standard deviation over the cases;
-    the best mean of each column in bold (arrows say which way is better)."""
+    the best mean of each column in bold, every source that reaches it at the printed precision
+    (arrows say which way is better)."""
     names = list(summary)
-    best = {}
+    best = {}  # metric -> the best mean (every source that reaches it is bold)
     for metric in SCALARS:
-        means = [(summary[n][metric]["mean"], n) for n in names if summary[n][metric]["mean"] is not None]
+        means = [summary[n][metric]["mean"] for n in names if summary[n][metric]["mean"] is not None]
         if means:
-            pick = max if HIGHER_IS_BETTER[metric] else min
-            best[metric] = pick(means)[1]
+            best[metric] = max(means) if HIGHER_IS_BETTER[metric] else min(means)
     header = "| source | " + " | ".join(f"{TITLES[m]} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in SCALARS) + " |"
     lines = [header, "|" + "---|" * (len(SCALARS) + 1)]
     for name in names:
         cells = []
         for metric in SCALARS:
-            text = _cell(summary[name][metric])
-            cells.append(f"**{text}**" if best.get(metric) == name else text)
+            stats = summary[name][metric]
+            text = _cell(stats)
+            top = stats["mean"] is not None and f"{stats['mean']:.3f}" == f"{best[metric]:.3f}"
+            cells.append(f"**{text}**" if top else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     counts = {summary[n][m]["n"] for n in names for m in SCALARS if m != "discrimination"}
     lines.append("")

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench coverage evaluate clean
+.PHONY: demo test test-fast bench coverage gpu-check evaluate clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ $(VENV)/.coverage: $(VENV)/.torch
 ## cached in ~/.cache/sglrp-onnx-coverage; after an engine change: make coverage COVERAGE_ARGS='--phase check'
 coverage: $(VENV)/.coverage
 	$(PY) tools/coverage.py $(COVERAGE_ARGS)
+
+## make gpu-check WHEEL=onnxruntime_gpu-....whl: on a GPU machine, offline (tools/gpu_check.py, docs/runtime.md)
+gpu-check:
+	tools/gpu_check.sh $(WHEEL) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .hypothesis

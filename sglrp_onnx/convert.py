@@ -36,6 +36,10 @@ MIN_OPSET = 13
 SCATTER_OPSET = 16
 OLDEST_OPSET = 7
 QUANTISED_OPS = ("QLinearConv", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")
+#: Runtimes the relevance part can be shaped for (SPEC section 8). "onnxruntime": the forms fastest
+#: on ONNX Runtime's CPU and CUDA providers; "tensorrt": only ops and attributes TensorRT 10 parses
+#: (MaxPool backward by first-maximum masks, no scatter reductions), also bit-reproducible on CUDA.
+TARGET_RUNTIMES = ("onnxruntime", "tensorrt")
 #: Rules for attention weights (SPEC section 7): CP-LRP holds them constant; AttnLRP propagates
 #: through them (uniform rule on the products, its own Softmax rule).
 ATTENTION_RULES = ("cp", "attnlrp")
@@ -323,7 +327,9 @@ def convert(
     mapping, or the path of a JSON/YAML rule file), ``image_input`` (with several float inputs),
     ``preset`` (preprocessing preset; sets the bounds unless given), ``layout`` (NCHW/NHWC; detected
     when None), ``attention`` (``cp``: CP-LRP, attention weights as constants; ``attnlrp``:
-    AttnLRP's rules through them; SPEC section 7). Raises a :class:`sglrp_onnx.errors.SglrpError` subclass on bad input; errors about
+    AttnLRP's rules through them; SPEC section 7), ``target_runtime`` (``onnxruntime``, the default,
+    or ``tensorrt``: no MaxPool ``Indices`` and no scatter reductions, which TensorRT refuses and
+    which CUDA computes with atomics; SPEC section 8). Raises a :class:`sglrp_onnx.errors.SglrpError` subclass on bad input; errors about
     a model read from a file name that file.
     """
     try:
@@ -350,9 +356,12 @@ def _convert(
     preset: str | None = None,
     layout: str | None = None,
     attention: str = "cp",
+    target_runtime: str = "onnxruntime",
 ) -> onnx.ModelProto:
     if attention not in ATTENTION_RULES:
         raise UsageError(f"unknown attention rule '{attention}' (known: {', '.join(ATTENTION_RULES)})")
+    if target_runtime not in TARGET_RUNTIMES:
+        raise UsageError(f"unknown target runtime '{target_runtime}' (known: {', '.join(TARGET_RUNTIMES)})")
     if gamma is None:
         gamma = default_gamma(composite)
     contrast = _check_options(method, contrast, {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma})
@@ -426,7 +435,7 @@ def _convert(
 
     def propagate(initial: str, batch_passes: int) -> str:
         context = Context(emitter, graph, assigned, bounds, batch_passes, nonnegative, widen=widen,
-                          stabilizer=stabilizer, attention=attention)
+                          stabilizer=stabilizer, attention=attention, target_runtime=target_runtime)
         if len(logits_shape) == 4:
             initial = emitter.op("Reshape", [initial, emitter.const([-1, classes, 1, 1])], "initial4d")
         try:
@@ -462,6 +471,7 @@ def _convert(
         "stabilizer": repr(float(stabilizer)),
         "gamma": repr(float(gamma)),
         "attention": attention,
+        "target_runtime": target_runtime,
         "rules": rules or {},
         "low": np.asarray(low).tolist() if low is not None else None,
         "high": np.asarray(high).tolist() if high is not None else None,

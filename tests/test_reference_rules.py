@@ -656,8 +656,13 @@ def check_l2(ours, ref: lrp64.Result, label="", tol=L2_TOL):
             assert d <= tol * n, f"{label}[{i}]: relative L2 {d / n:.3g}"
 
 
-def compare(key, seed, x, targets, check=check_elementwise, **kw):
-    eng = engine(key, seed, **_convert_kwargs(kw))
+def compare(key, seed, x, targets, check=check_elementwise, target_runtime=None, **kw):
+    """Engine vs reference on the same model and inputs; ``target_runtime`` changes only the
+    engine's form (SPEC section 8), never the relevance the reference defines."""
+    engine_kw = _convert_kwargs(kw)
+    if target_runtime is not None:
+        engine_kw["target_runtime"] = target_runtime
+    eng = engine(key, seed, **engine_kw)
     out = eng.run(x, targets)
     ref = reference(key, seed, x, targets, **kw)
     label = f"{key}[seed {seed}] {kw}"
@@ -783,9 +788,10 @@ def test_per_channel_bounds(key, pre, composite):
     compare(key, 0, x, t, composite=composite, low=[0.0, 0.1, -0.2], high=[1.0, 1.1, 1.3])
 
 
+@pytest.mark.parametrize("target_runtime", ["onnxruntime", "tensorrt"])
 @pytest.mark.parametrize("composite", ["epsilon-plus-flat", "epsilon-alpha2-beta1-flat",
                                        "epsilon"])
-def test_maxpool_exact_ties_on_the_image(composite):
+def test_maxpool_exact_ties_on_the_image(composite, target_runtime):
     """Blocky and constant images make every window of the stem's MaxPool (on the image itself)
     hold exact ties: relevance must go to the first maximum in scan order, as ONNX Runtime's
     MaxPool indices do. With flat on the first layers, the tied winner receives relevance."""
@@ -796,7 +802,25 @@ def test_maxpool_exact_ties_on_the_image(composite):
     x = np.concatenate([blocky, const]).astype(np.float32)
     K = spec.num_classes
     xs = np.repeat(x, K, axis=0)
-    compare("stems", 0, xs, np.tile(np.arange(K), len(x)), composite=composite, **BOUNDS)
+    compare("stems", 0, xs, np.tile(np.arange(K), len(x)), composite=composite, target_runtime=target_runtime, **BOUNDS)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("key", ["pools", "stems", "layers"])
+@pytest.mark.parametrize("method,contrast", [("lrp", None), ("sglrp", "signed"), ("sglrp", "scaled")])
+def test_tensorrt_form_matches_reference(key, method, contrast, seed):
+    """SPEC section 8: the TensorRT form (MaxPool backward by first-maximum masks; overlapping,
+    dilated, ceil_mode and padded windows in "pools") gives the reference's relevance, and its
+    relevance part has nothing onnx-tensorrt 10 refuses."""
+    from sglrp_onnx.runtime_rules import tensorrt_blockers
+
+    x, t = all_targets(key, seed)
+    options = dict(method=method, contrast=contrast, composite="epsilon", rules=_stem_rules(key, "epsilon"), **BOUNDS)
+    compare(key, seed, x, t, target_runtime="tensorrt", **options)
+    eng = engine(key, seed, target_runtime="tensorrt", **_convert_kwargs(options))
+    # the relevance part only: "pools" has a dilated MaxPool of its own, which TensorRT refuses
+    assert tensorrt_blockers(eng.model, prefix="sglrp/") == []
+    assert eng.meta["sglrp_onnx.target_runtime"] == "tensorrt"
 
 
 def test_sglrp_confident_prediction_keeps_target_term():

@@ -16,6 +16,7 @@ torchvision = pytest.importorskip("torchvision")
 ort = pytest.importorskip("onnxruntime")
 
 import sglrp_onnx  # noqa: E402
+from sglrp_onnx.runtime_rules import cuda_fallbacks  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -35,6 +36,8 @@ def test_zoo_model_converts_and_explains(tmp_path, name):
     # A tiny epsilon / stabiliser keeps relevance from being absorbed by the stabilisers of this
     # randomly initialised net, so the LRP-epsilon conservation check below is meaningful.
     converted = sglrp_onnx.convert(path, method="lrp", composite="epsilon", epsilon=1e-12, stabilizer=1e-12)
+    # SPEC section 8: no float node of the relevance part would run on the CPU under CUDA
+    assert cuda_fallbacks(converted, prefix="sglrp/") == []
     session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
     out = dict(zip([o.name for o in session.get_outputs()],
                    session.run(None, {"image": x.numpy(), "target": np.array([-1, 3], np.int64)})))

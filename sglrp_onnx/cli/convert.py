@@ -28,6 +28,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                        "or inline JSON such as '{\"Add\": \"epsilon\"}'")
     group.add_argument("--attention", choices=["cp", "attnlrp"], default="cp",
                        help="rule for attention weights: cp (CP-LRP, held constant; default) or attnlrp (AttnLRP)")
+    group.add_argument("--target-runtime", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                       help="shape the relevance part for onnxruntime (default: fastest on its CPU and CUDA providers) or "
+                       "tensorrt (no MaxPool Indices, no scatter reductions: TensorRT parses it; bit-reproducible on CUDA)")
     group.add_argument("--low", metavar="L", help="zbox lower input bound: one number, or one per channel (comma-separated)")
     group.add_argument("--high", metavar="H", help="zbox upper input bound: one number, or one per channel (comma-separated)")
     group.add_argument("--preset", help="preprocessing preset that sets the bounds (imagenet, caffe, tf, efficientnet-lite, raw)")
@@ -54,6 +57,7 @@ def convert_kwargs(args: argparse.Namespace) -> dict:
         "image_input": args.image_input,
         "layout": args.layout,
         "attention": args.attention,
+        "target_runtime": args.target_runtime,
     }
 
 

@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
         description="Canonicalise a model as 'convert' would and print each node on the path from the image "
         "to the logits with its stable name, op type, shapes and the rule it gets, then every node that "
         "blocks conversion with its reason (exit code 5 if there is one). For a converted model, also print how "
-        "it was made.",
+        "it was made and what ONNX Runtime's CUDA provider and TensorRT will make of it (nodes left to the CPU, "
+        "nodes TensorRT refuses; checked against their published rules, without a GPU).",
     )
     parser.add_argument("model", metavar="MODEL.onnx")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -33,6 +34,7 @@ def describe(path: str, composite: str = "dtd", rules=None, image_input=None, ep
 
     model = load_model(path)
     made = {k.split(".", 1)[1]: v for k, v in metadata.read(model).items()}
+    runtimes = runtime_report(model) if made else {}
     if made:
         model = strip_relevance(model)
     _precheck(model)
@@ -60,7 +62,36 @@ def describe(path: str, composite: str = "dtd", rules=None, image_input=None, ep
         })
     blocking = [{"name": name, "reason": reason} for name, reason in reasons.items()]
     return {"image_input": graph.image, "image_shape": graph.shape_str(graph.image), "logits": graph.logits,
-            "logits_shape": graph.shape_str(graph.logits), "converted_with": made, "nodes": nodes, "blocking": blocking}
+            "logits_shape": graph.shape_str(graph.logits), "converted_with": made, "runtimes": runtimes,
+            "nodes": nodes, "blocking": blocking}
+
+
+def runtime_report(model) -> dict:
+    """What the runtimes will make of a converted model (SPEC section 8; :mod:`sglrp_onnx.runtime_rules`):
+    float nodes of the relevance part ONNX Runtime's CUDA provider would leave to the CPU, nodes
+    TensorRT refuses (whole model), and why onnxruntime-gpu would not load it."""
+    from sglrp_onnx.emit.builder import PREFIX
+    from sglrp_onnx.runtime_rules import cuda_fallbacks, release_blockers, tensorrt_blockers
+
+    return {
+        "cuda_cpu_fallbacks": [str(f) for f in cuda_fallbacks(model, prefix=PREFIX)],
+        "tensorrt_blockers": [str(f) for f in tensorrt_blockers(model)],
+        "onnxruntime_gpu_1.31": release_blockers(model) or "loads",
+    }
+
+
+def _print_runtimes(runtimes: dict) -> None:
+    cuda, trt = runtimes["cuda_cpu_fallbacks"], runtimes["tensorrt_blockers"]
+    print(f"CUDA provider: {'every float node of the relevance part has a GPU kernel' if not cuda else f'{len(cuda)} float node(s) would run on the CPU'}")
+    for line in cuda:
+        print(f"  {line}")
+    print(f"TensorRT: {'nothing onnx-tensorrt 10 refuses' if not trt else f'{len(trt)} node(s) refused'}")
+    for line in trt[:20]:
+        print(f"  {line}")
+    if len(trt) > 20:
+        print(f"  ... and {len(trt) - 20} more (--json lists all)")
+    release = runtimes["onnxruntime_gpu_1.31"]
+    print(f"onnxruntime-gpu 1.31: {release if isinstance(release, str) else '; '.join(release)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if info["converted_with"]:
         made = info["converted_with"]
         print(f"converted by sglrp-onnx {made.get('version')}: method {made.get('method')}, contrast {made.get('contrast')}, "
-              f"composite {made.get('composite')}")
+              f"composite {made.get('composite')}, target runtime {made.get('target_runtime', 'onnxruntime')}")
+        _print_runtimes(info["runtimes"])
     print(f"{'node':40} {'op':20} {'rule':11} shapes")
     for node in info["nodes"]:
         mark = " (first layer)" if node["first_layer"] else ""

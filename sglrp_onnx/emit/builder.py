@@ -81,12 +81,14 @@ class Context:
     """
 
     def __init__(self, emitter: Emitter, graph: Graph, rules: dict, bounds: dict, passes: int, nonnegative: set[str],
-                 widen: bool = False, stabilizer: float = 1e-6, attention: str = "cp"):
+                 widen: bool = False, stabilizer: float = 1e-6, attention: str = "cp", target_runtime: str = "onnxruntime"):
         self.em = emitter
         #: the conversion's ``stabilizer``, for the weightless rules of SPEC section 7 that take no override
         self.stabilizer = stabilizer
         #: attention rule (SPEC section 7): "cp" (CP-LRP, attention weights as constants) or "attnlrp"
         self.attention = attention
+        #: "onnxruntime" or "tensorrt" (SPEC section 8): which forms the backward builders may use
+        self.target_runtime = target_runtime
         #: float16 models: forward tensors are cast to float32 where the relevance part reads them
         self.widen = widen
         self.graph = graph

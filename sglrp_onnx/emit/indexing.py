@@ -62,6 +62,11 @@ def _runtime_index_gather(ctx: Context, node: Node, relevance: str) -> str:
         )
     if ctx.graph.opset < 16:  # ScatterElements' reduction
         raise UnsupportedModelError(f"{node.describe(ctx.graph)}: Gather with indices computed at run time needs opset 16 or newer")
+    if ctx.target_runtime == "tensorrt":
+        raise UnsupportedModelError(
+            f"{node.describe(ctx.graph)}: Gather with indices computed at run time needs a scatter with reduction 'add', "
+            "which TensorRT refuses; convert with target runtime onnxruntime"
+        )
     em = ctx.em
     flat = em.const(np.array([-1], np.int64))
     index = em.op("Reshape", [em.op("Cast", [indices], "index", to=7), flat], "index")  # INT64
@@ -84,12 +89,33 @@ def backward_gather_nd(ctx: Context, node: Node, relevance_out: list) -> list:
     if ctx.graph.opset < 16:  # ScatterND's reduction
         raise UnsupportedModelError(f"{node.describe(ctx.graph)}: GatherND needs opset 16 or newer")
     em = ctx.em
+    reduction = "add"
     if ctx.graph.is_const(indices):
-        index = em.const(np.asarray(ctx.graph.constants[indices]).astype(np.int64), "index")
+        values = np.asarray(ctx.graph.constants[indices]).astype(np.int64)
+        index = em.const(values, "index")
+        if ctx.target_runtime == "tensorrt" and _distinct_targets(ctx, data, values):
+            reduction = "none"  # every position is written once: nothing to add up
     else:
         index = em.op("Cast", [indices], "index", to=7)  # INT64
+    if reduction == "add" and ctx.target_runtime == "tensorrt":
+        raise UnsupportedModelError(
+            f"{node.describe(ctx.graph)}: GatherND picking a position twice (or with indices computed at run time) needs "
+            "a scatter with reduction 'add', which TensorRT refuses; convert with target runtime onnxruntime"
+        )
     zeros = em.op("ConstantOfShape", [em.op("Shape", [ctx.fwd(data)], "shape")], "zeros")
-    return [em.op("ScatterND", [zeros, index, relevance_out[0]], "r", reduction="add"), None]
+    return [em.op("ScatterND", [zeros, index, relevance_out[0]], "r", reduction=reduction), None]
+
+
+def _distinct_targets(ctx: Context, data: str, index: np.ndarray) -> bool:
+    """Whether constant GatherND indices address every element at most once (indices that
+    address whole slices or wrap around count once they are resolved against the static shape)."""
+    shape = ctx.graph.shape(data)
+    depth = index.shape[-1]
+    if shape is None or any(d is None for d in shape[:depth]):
+        return False
+    dims = np.array(shape[:depth], np.int64)
+    resolved = np.where(index < 0, index + dims, index).reshape(-1, depth)
+    return len({tuple(row) for row in resolved.tolist()}) == len(resolved)
 
 
 def _index_dims_to_one_axis(ctx: Context, node: Node, relevance: str, index: np.ndarray, data: str, axis: int) -> str:

@@ -58,7 +58,8 @@ def conv_transpose(ctx: Context, x: str, y: str, s: str, weight: np.ndarray, str
     convolutions are transposed as a Conv with the flipped, group-transposed kernel; strided 1x1
     ones as a 1x1 Conv plus zero interleaving; strided grouped (depthwise) ones as one polyphase
     Conv plus DepthToSpace. Dense strided ones, where ConvTranspose measured faster, and the rest
-    use a ConvTranspose whose end padding / output_padding gives exactly the input's spatial size.
+    use a ConvTranspose with symmetric pads only (see :func:`_symmetric_conv_transpose`), so that
+    ONNX Runtime's CUDA provider keeps it on the GPU.
     """
     kernel = list(weight.shape[2:])
     rank = len(kernel)
@@ -71,23 +72,45 @@ def conv_transpose(ctx: Context, x: str, y: str, s: str, weight: np.ndarray, str
             return as_conv
     weight_name = ctx.em.const(weight, "w")
     if static:
-        ends, extra = [], []
-        for i in range(rank):
-            full = (y_shape[2 + i] - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1
-            excess = full - begin[i] - x_shape[2 + i]
-            ends.append(max(excess, 0))
-            extra.append(max(-excess, 0))
-        fits = all(e < max(st, d) for e, st, d in zip(extra, strides, dilations))
-        attrs = dict(strides=strides, dilations=dilations, group=group, pads=begin + ends)
-        if fits and any(extra):
-            attrs["output_padding"] = extra
-        out = ctx.em.op("ConvTranspose", [s, weight_name], "c", **attrs)
-        if any(extra) and not fits:
-            pads_all = [0] * (2 + rank) + [0, 0] + extra
-            out = ctx.em.op("Pad", [out, ctx.em.const(np.array(pads_all, np.int64))], "c")
-        return out
-    out = ctx.em.op("ConvTranspose", [s, weight_name], "c", strides=strides, dilations=dilations, group=group, pads=begin + [0] * rank)
+        return _symmetric_conv_transpose(ctx, s, weight_name, kernel, list(x_shape[2:]), list(y_shape[2:]), strides, dilations, begin, group)
+    # Dynamic spatial size: the full transpose (no padding), cut from the begin padding at run time.
+    out = ctx.em.op("ConvTranspose", [s, weight_name], "c", strides=strides, dilations=dilations, group=group, pads=[0] * (2 * rank))
+    if any(begin):
+        axes = ctx.em.const(np.arange(2, 2 + rank, dtype=np.int64))
+        start = ctx.em.const(np.array(begin, np.int64))
+        out = ctx.em.op("Slice", [out, start, ctx.em.op("Add", [start, ctx.spatial_size(x)]), axes], "c")
     return fit_spatial(ctx, out, x, rank)
+
+
+def _symmetric_conv_transpose(ctx: Context, s: str, weight_name: str, kernel, in_size, out_size, strides, dilations, begin, group) -> str:
+    """ConvTranspose of ``s`` giving the input's spatial size ``in_size``, with symmetric pads only.
+
+    ONNX Runtime's CUDA provider runs ConvTranspose with asymmetric pads (or auto_pad SAME_*) on
+    the CPU (``ConvTransposeNeedFallbackToCPU`` in ``cuda_execution_provider.cc``; cuDNN pads
+    symmetrically), so the exact fit is made of symmetric pads ``(b, b)`` (``b`` the forward's begin
+    padding) plus ``output_padding`` where the output is short by less than the stride, or plus a
+    zero ``Pad`` / a ``Slice`` of the end otherwise (SPEC section 8). Output position ``o`` of the
+    transpose is position ``o + b`` of the unpadded (full) transpose in every form.
+    """
+    em = ctx.em
+    rank = len(in_size)
+    full = [(out_size[i] - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 for i in range(rank)]
+    short = [in_size[i] - (full[i] - 2 * begin[i]) for i in range(rank)]  # > 0: rows missing at the end
+    if all(n < max(st, d) for n, st, d in zip(short, strides, dilations)):
+        attrs = dict(strides=strides, dilations=dilations, group=group, pads=begin + begin)
+        if any(n > 0 for n in short):
+            attrs["output_padding"] = [max(n, 0) for n in short]
+        out = em.op("ConvTranspose", [s, weight_name], "c", **attrs)
+        if any(n < 0 for n in short):
+            out = em.op("Slice", [out, em.const([0] * rank), em.const(list(in_size)), em.const(list(range(2, 2 + rank)))], "c")
+        return out
+    # Short by a stride or more: no output_padding fits; cut the window from the full transpose.
+    out = em.op("ConvTranspose", [s, weight_name], "c", strides=strides, dilations=dilations, group=group, pads=[0] * (2 * rank))
+    beyond = [max(0, begin[i] + in_size[i] - full[i]) for i in range(rank)]
+    if any(beyond):  # the window reaches past the full transpose: zeros there
+        out = em.op("Pad", [out, em.const(np.array([0] * (2 + rank) + [0, 0] + beyond, np.int64))], "c")
+    ends = [begin[i] + in_size[i] for i in range(rank)]
+    return em.op("Slice", [out, em.const(list(begin)), em.const(ends), em.const(list(range(2, 2 + rank)))], "c")
 
 
 def _transpose_as_conv(ctx: Context, s: str, weight: np.ndarray, in_size, out_size, strides, dilations, begin, group):

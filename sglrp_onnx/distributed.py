@@ -6,7 +6,7 @@ the driver resolves the model once (a plain classifier is converted and cached, 
 store, and a fixed pool of actors (``ActorPoolStrategy``) each opens one
 :class:`~sglrp_onnx.runtime.ExplainStep` on them: CUDA where the actor was given a GPU, the CPU
 otherwise. Each batch is prepared with the model's :class:`~sglrp_onnx.runtime.Preprocessing` and
-explained with :func:`sglrp_onnx.cli.explain.explain_batch`, the code the single-process
+explained with :func:`sglrp_onnx.runtime.step.explain_batch`, the code the single-process
 ``explain`` command runs, so both give the same maps.
 
 Fault tolerance is Ray Data's: an actor whose process dies is restarted and its unfinished batch
@@ -110,7 +110,7 @@ class ExplainWorker:
         return out
 
     def _fill(self, out: dict, kept: list[int], pixels: np.ndarray) -> None:
-        from sglrp_onnx.cli.explain import explain_batch
+        from sglrp_onnx.runtime.step import explain_batch
 
         job = self.job
         x = job.preprocessing.normalize(pixels)

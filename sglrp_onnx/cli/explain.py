@@ -31,6 +31,7 @@ from sglrp_onnx.errors import InputError, ModelLoadError, OutputError, UsageErro
 from sglrp_onnx.labels import resolve_target
 from sglrp_onnx.presets import get_preset
 from sglrp_onnx.runtime.providers import PROVIDER_CHOICES
+from sglrp_onnx.runtime.step import explain_batch
 
 METHODS = ("lrp", "clrp", "sglrp")
 COMPOSITES = tuple(COMPOSITE_TABLE)
@@ -294,25 +295,6 @@ def report_provider(explainer, warned: list, quiet: bool) -> None:
     print(line, file=sys.stderr)
     if explainer.placement is not None:
         print(f"placement: {explainer.placement.summary()}", file=sys.stderr)
-
-
-def explain_batch(x: np.ndarray, explainers: dict, main_method: str, targets: list[int], top_k: int | None) -> dict:
-    """``{target or rank: {method: Explanation}}`` for one preprocessed batch.
-
-    With ``top_k`` each image's K most probable classes are explained rank by rank (key = rank);
-    otherwise each target in ``targets`` for every image (key = target, -1 = predicted).
-    """
-    n = x.shape[0]
-    runs = {}
-    if top_k:
-        runs[0] = {m: e.explain(x, [-1] * n) for m, e in explainers.items()}
-        ranked = np.argsort(-runs[0][main_method].logits, axis=1, kind="stable")
-        for rank in range(1, min(top_k, ranked.shape[1])):
-            runs[rank] = {m: e.explain(x, ranked[:, rank].tolist()) for m, e in explainers.items()}
-    else:
-        for target in targets:
-            runs[target] = {m: e.explain(x, [target] * n) for m, e in explainers.items()}
-    return runs
 
 
 def progress_bar(total: int, done: int, enabled: bool):

@@ -234,3 +234,23 @@ def tensorrt_shape_profile(proto, metadata: dict) -> dict[str, list[int]] | None
     if len(dims) < 2 or any(d <= 0 for d in dims[1:]):
         return None
     return {image.name: [1, *dims[1:]], target: [1]}
+
+
+def explain_batch(x: np.ndarray, explainers: dict, main_method: str, targets: list[int], top_k: int | None) -> dict:
+    """``{target or rank: {method: Explanation}}`` for one preprocessed batch, run through each of
+    ``explainers`` (anything with ``explain(x, targets)``: Explainers, ExplainSteps).
+
+    With ``top_k`` each image's K most probable classes are explained rank by rank (key = rank);
+    otherwise each target in ``targets`` for every image (key = target, -1 = predicted).
+    """
+    n = x.shape[0]
+    runs = {}
+    if top_k:
+        runs[0] = {m: e.explain(x, [-1] * n) for m, e in explainers.items()}
+        ranked = np.argsort(-runs[0][main_method].logits, axis=1, kind="stable")
+        for rank in range(1, min(top_k, ranked.shape[1])):
+            runs[rank] = {m: e.explain(x, ranked[:, rank].tolist()) for m, e in explainers.items()}
+    else:
+        for target in targets:
+            runs[target] = {m: e.explain(x, [target] * n) for m, e in explainers.items()}
+    return runs

@@ -342,7 +342,15 @@ def check_model(name: str, path: str, preset: str, config: dict) -> dict:
     sglrp_onnx.save(augmented, aug_path, force=True)
     opset = next(o.version for o in augmented.opset_import if o.domain in ("", "ai.onnx"))
     result["convert"] = {"seconds": round(time.perf_counter() - started, 1), "opset": opset, "ir": augmented.ir_version}
+    # what the published rules predict (sglrp_onnx.runtime_rules), to compare with what the profile shows
+    from sglrp_onnx.emit.builder import PREFIX
+    from sglrp_onnx.runtime_rules import cuda_fallbacks
+
+    result["predicted_cuda_fallbacks"] = [str(f) for f in cuda_fallbacks(augmented, prefix=PREFIX)]
     del augmented
+    # the scatter-free form (target runtime tensorrt): for TensorRT and for bit-reproducible CUDA runs
+    trt_path = Path(config["out"]) / f"{name}.sglrp-tensorrt.onnx"
+    sglrp_onnx.save(sglrp_onnx.convert(path, preset=preset, target_runtime="tensorrt"), trt_path, force=True)
     log(f"[{name}] converted in {result['convert']['seconds']} s (opset {opset}, IR {result['convert']['ir']})")
 
     reference = Explainer(aug_path, "cpu", placement="off")
@@ -375,11 +383,19 @@ def check_model(name: str, path: str, preset: str, config: dict) -> dict:
         result["failures"].append(f"relevance differs from the CPU's: relative L2 {max(errors):.2e} > {REL_L2_LIMIT}")
     del on_device
 
-    deterministic = Explainer(aug_path, RuntimeOptions(provider=device, deterministic=True), placement="off")
-    first, second = deterministic.explain(x, targets), deterministic.explain(x, targets)
-    result["deterministic_bit_identical"] = bool(np.array_equal(first.relevance, second.relevance))
-    log(f"[{name}] deterministic mode, two runs bit-identical: {result['deterministic_bit_identical']}")
-    del deterministic
+    result["deterministic_bit_identical"] = {}
+    for form, form_path in (("onnxruntime form", aug_path), ("tensorrt form", trt_path)):
+        deterministic = Explainer(form_path, RuntimeOptions(provider=device, deterministic=True), placement="off")
+        first, second = deterministic.explain(x, targets), deterministic.explain(x, targets)
+        same = bool(np.array_equal(first.relevance, second.relevance))
+        result["deterministic_bit_identical"][form] = same
+        log(f"[{name}] deterministic mode, {form}, two runs bit-identical: {same}")
+        if form == "tensorrt form":
+            error = max(relative_l2(first.relevance[i], want.relevance[i]) for i in range(len(targets)))
+            result["tensorrt_form_rel_l2"] = error
+            if error > REL_L2_LIMIT:
+                result["failures"].append(f"tensorrt form differs from the CPU's default form: relative L2 {error:.2e}")
+        del deterministic
 
     runtimes = [("cuda" if device == "cuda" else device, RuntimeOptions(provider=device, tf32=False))]
     if config["tensorrt"]:
@@ -390,7 +406,8 @@ def check_model(name: str, path: str, preset: str, config: dict) -> dict:
             log(f"[{name}] tensorrt: skipped, less than {TENSORRT_SECONDS} s of the time budget left")
             result["timing"].append({"runtime": "tensorrt", "error": "skipped: time budget"})
     for label, options in runtimes:
-        result["timing"] += time_runtime(name, label, options, path, aug_path, x, config, result["failures"])
+        form_path = trt_path if label == "tensorrt" else aug_path  # TensorRT parses only the scatter-free form
+        result["timing"] += time_runtime(name, label, options, path, form_path, x, config, result["failures"])
     return result
 
 
@@ -480,8 +497,13 @@ def markdown(report: dict) -> str:
     for model in report.get("models", []):
         errors = model.get("relevance_rel_l2") or [float("nan")]
         lines.append(f"| {model['model']} | {model.get('provider', '-')} | {len(model.get('placement', {}).get('float_on_cpu', []))} | "
-                     f"{max(errors):.1e} | {model.get('same_classes', '-')} | {model.get('deterministic_bit_identical', '-')} |")
+                     f"{max(errors):.1e} | {model.get('same_classes', '-')} | {_forms(model.get('deterministic_bit_identical'))} |")
     return "\n".join(lines)
+
+
+def _forms(flags) -> str:
+    """``onnxruntime form: True, tensorrt form: True`` (or ``-``)."""
+    return ", ".join(f"{form}: {same}" for form, same in flags.items()) if flags else "-"
 
 
 def main(argv=None) -> int:

@@ -305,6 +305,17 @@ def _all_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
+def _constant_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors of ``model`` that hold constants the relevance part may read by name (weight recipes,
+    :mod:`sglrp_onnx.recipes`): initializers that are not graph inputs (an input with an initializer
+    can be fed another value), and node outputs (constant ones come from Constant nodes or constant
+    subgraphs, which ONNX Runtime folds as it folds the recipes)."""
+    inputs = {i.name for i in model.graph.input}
+    names = {t.name for t in model.graph.initializer if t.name not in inputs}
+    names.update(out for node in model.graph.node for out in node.output)
+    return names
+
+
 def _describe_rule(rule) -> dict[str, Any]:
     params = {}
     for key, value in rule.params.items():
@@ -420,7 +431,7 @@ def _convert(
     }
     reuse_logits = graph.logits == "logits" and "logits" in graph.outputs and len(logits_shape) == 2
     names["logits"] = "logits" if reuse_logits else _unique(taken, "logits")
-    emitter = Emitter(taken)
+    emitter = Emitter(taken, shared=_constant_tensors(result), materialise=target_runtime == "tensorrt")
     logits_2d = graph.logits
     if widen:  # float16 model: the relevance part works in float32, the contract outputs are float32
         logits_2d = emitter.op("Cast", [logits_2d], "logits32", to=onnx.TensorProto.FLOAT)

@@ -20,7 +20,7 @@ from onnx import checker, helper, version_converter
 from sglrp_onnx import metadata
 from sglrp_onnx.bounds import bounds_at_input, bounds_for_tensor, carry_bounds
 from sglrp_onnx.canonicalize import canonicalize, fold_model_constants, fold_pad_into_conv, fold_shape_computations
-from sglrp_onnx.canonicalize.skeleton import infer_shapes_in_place, skeleton
+from sglrp_onnx.skeleton import infer_shapes_in_place, skeleton
 from sglrp_onnx.composites import assign_rules, default_gamma
 from sglrp_onnx.emit.builder import PREFIX, Context, Emitter
 from sglrp_onnx.emit.methods import CONTRASTS, DEFAULT_CONTRAST, METHODS, combine_scaled, initial_relevance

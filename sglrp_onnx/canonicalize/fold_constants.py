@@ -39,7 +39,7 @@ GENERATORS = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample"
 
 def _inferred_sizes(model: onnx.ModelProto) -> dict[str, int | None]:
     """Element counts that shape inference (with data propagation) gives, None where unknown."""
-    from .skeleton import skeleton  # the weights' values are not needed, only their shapes
+    from sglrp_onnx.skeleton import skeleton  # the weights' values are not needed, only their shapes
 
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton(model), data_prop=True)

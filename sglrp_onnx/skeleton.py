@@ -4,8 +4,9 @@ ONNX's shape inference and checker serialise the whole model (weights included) 
 one: for VGG-16 that is 1 GB more per call. Neither needs the weights' values, only their types
 and shapes (data propagation reads small shape tensors, which stay). Running them on the
 skeleton gives the same shapes and the same verdict on the graph with a fraction of the memory;
-the weights themselves are checked when the model is loaded (:func:`sglrp_onnx.io.load_model`)
-or written by ``numpy_helper`` from arrays of the declared shape.
+the weights themselves are checked one at a time when the model is loaded
+(:func:`sglrp_onnx.io.load_model`, ``onnx.checker.check_tensor``) or written by ``numpy_helper``
+from arrays of the declared shape.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ def _elements(tensor: onnx.TensorProto) -> int:
     for dim in tensor.dims:
         count *= dim
     return count
+
+
+def is_large(tensor: onnx.TensorProto, limit: int = LARGE_ELEMENTS) -> bool:
+    """Whether the skeleton leaves ``tensor`` out."""
+    return _elements(tensor) > limit
+
+
+def large_initializers(model: onnx.ModelProto, limit: int = LARGE_ELEMENTS) -> list[onnx.TensorProto]:
+    """The main graph's initializers that :func:`skeleton` leaves out."""
+    return [tensor for tensor in model.graph.initializer if _elements(tensor) > limit]
 
 
 def skeleton(model: onnx.ModelProto, limit: int = LARGE_ELEMENTS) -> onnx.ModelProto:

@@ -351,24 +351,26 @@ def main(argv=None) -> int:
               "models": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        sources = [(Path(args.model_file).stem, Path(args.model_file))] if args.model_file else []
-        for name in ([] if args.model_file else args.models):
-            if name == "efficientnet_lite0":
-                sources.append((name, DEMO_MODEL))
+        for name in [Path(args.model_file).stem] if args.model_file else args.models:
+            if args.model_file:
+                source = Path(args.model_file)
+            elif name == "efficientnet_lite0":
+                source = DEMO_MODEL
             elif name in TORCHVISION:
                 try:
-                    sources.append((name, export_torchvision(name, folder, args.size)))
+                    source = export_torchvision(name, folder, args.size)  # one export on disk at a time
                 except ImportError:
                     print(f"{name}: skipped (torch/torchvision not installed)", file=sys.stderr)
+                    continue
             else:
                 print(f"{name}: unknown model (known: {', '.join(ALL_MODELS)})", file=sys.stderr)
-        for name, source in sources:
+                continue
             try:
                 report["models"].append(bench_model(name, source, args, folder))
             except Exception as error:  # noqa: BLE001 - report and go on with the next model
                 print(f"{name}: failed: {type(error).__name__}: {error}", file=sys.stderr)
             if source.parent == folder:
-                source.unlink()  # one exported model on disk at a time (VGG-16 is 0.5 GB)
+                source.unlink()
     table = markdown(report)
     print(table)
     if args.json:

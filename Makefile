@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench coverage clean
+.PHONY: demo test test-fast bench coverage gpu-check evaluate clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,9 @@ $(VENV)/.core: pyproject.toml
 
 # lxt (the transformer oracle of tests/test_lxt_vit.py) without its heavy optional requirements;
 # what its import chain needs (transformers<4.54, tabulate) comes with the torch extra.
+# ray and triton: the scale-out tests (tests/test_distributed.py, tests/test_triton_repo.py).
 $(VENV)/.torch: $(VENV)/.core
-	$(PY) -m pip install --quiet -e '.[cpu,test,torch]'
+	$(PY) -m pip install --quiet -e '.[cpu,test,torch,eval,ray,triton]'
 	$(PY) -m pip install --quiet --no-deps lxt==2.1
 	touch $@
 
@@ -30,6 +31,16 @@ test: $(VENV)/.torch
 test-fast: $(VENV)/.core
 	$(PY) -m pytest -q -m "not torch"
 
+$(VENV)/.eval: $(VENV)/.core
+	$(PY) -m pip install --quiet -e '.[cpu,test,eval]'
+	touch $@
+
+## make evaluate: LRP, CLRP, SGLRP and baselines measured on two-object photos -> docs/evaluation.md
+## (pretrained EfficientNet-Lite0, scikit-image photos; 17.5 CPU-minutes, measured in docs/evaluation.md;
+## the full output, with every case's metrics and curves, goes to build/evaluation/out/)
+evaluate: $(VENV)/.eval
+	$(PY) tools/evaluate.py
+
 bench: $(VENV)/.torch
 	$(PY) tools/bench.py
 
@@ -42,6 +53,10 @@ $(VENV)/.coverage: $(VENV)/.torch
 ## cached in ~/.cache/sglrp-onnx-coverage; after an engine change: make coverage COVERAGE_ARGS='--phase check'
 coverage: $(VENV)/.coverage
 	$(PY) tools/coverage.py $(COVERAGE_ARGS)
+
+## make gpu-check WHEEL=onnxruntime_gpu-....whl: on a GPU machine, offline (tools/gpu_check.py, docs/runtime.md)
+gpu-check:
+	tools/gpu_check.sh $(WHEEL) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .hypothesis

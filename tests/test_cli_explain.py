@@ -85,7 +85,7 @@ def test_explain_folder_then_resume(setup):
     first = sglrp(*args, env_extra=setup["cache"])
     assert first.returncode == 0, first.stderr
     assert "explained 5 image(s), skipped 0" in first.stdout
-    assert "explain [" in first.stderr  # progress bar on stderr
+    assert "explain:" in first.stderr and "5/5" in first.stderr  # the progress bar (tqdm) on stderr
     records = read_jsonl(out / "results.jsonl")
     assert len(records) == 5
     names = set()

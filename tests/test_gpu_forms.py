@@ -1,5 +1,5 @@
 """SPEC section 8 on a CPU-only machine: what the CUDA provider and TensorRT will do with the
-relevance part, checked against their own rules (``sglrp_onnx.placement``), and the TensorRT form
+relevance part, checked against their own rules (``sglrp_onnx.runtime_rules``), and the TensorRT form
 of the MaxPool backward checked against the default form.
 
 - the placement rules themselves, on hand-made nodes (so a test of a converted model that finds
@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import sglrp_onnx
 from sglrp_onnx.errors import UnsupportedModelError
-from sglrp_onnx.placement import cuda_fallbacks, release_blockers, tensorrt_blockers
+from sglrp_onnx.runtime_rules import cuda_fallbacks, release_blockers, tensorrt_blockers
 
 from reference import modern_models
 from test_reference_rules import ZOO, _stem_rules, get_model
@@ -255,3 +255,30 @@ def test_cli_convert_target_runtime_and_inspect_report(tmp_path, capsys):
             # Convs read weights computed in the graph (sglrp_onnx.recipes), which ONNX Runtime folds
             assert {entry.split("(")[1].split(")")[0] for entry in refused} == {"MaxPool", "ScatterElements", "Conv"}
             assert all("must be an initializer" in entry for entry in refused if "(Conv)" in entry)
+
+
+def test_explainer_picks_the_scatter_free_form_for_deterministic_runs(tmp_path):
+    """A plain classifier converted on the fly for deterministic mode gets the TensorRT form (no
+    scatter-add, which CUDA computes with atomics); ``target_runtime`` given wins; a model without
+    that form falls back to the default one with a warning."""
+    from sglrp_onnx.runtime import Explainer
+
+    model = plain_cnn()
+    plain = Explainer(model, "cpu", cache_dir=tmp_path, composite="epsilon")
+    exact = Explainer(model, "cpu", cache_dir=tmp_path, composite="epsilon", deterministic=True)
+    chosen = Explainer(model, "cpu", cache_dir=tmp_path, composite="epsilon", deterministic=True, target_runtime="onnxruntime")
+    assert plain.metadata["sglrp_onnx.target_runtime"] == "onnxruntime"
+    assert exact.metadata["sglrp_onnx.target_runtime"] == "tensorrt"
+    assert chosen.metadata["sglrp_onnx.target_runtime"] == "onnxruntime"
+    x = np.random.default_rng(0).uniform(0, 1, (2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(exact.explain(x).relevance, plain.explain(x).relevance, rtol=0,
+                               atol=1e-6 * np.abs(plain.explain(x).relevance).max())
+
+    no_form = _pool_model(2, [3, 3], 2, 1, [0, 0, 0, 0], 0, dynamic=True)
+    pool = next(n for n in no_form.graph.node if n.op_type == "MaxPool")
+    del pool.attribute[:]
+    pool.attribute.extend([helper.make_attribute("kernel_shape", [3, 3]), helper.make_attribute("strides", [2, 2]),
+                           helper.make_attribute("auto_pad", "SAME_UPPER")])
+    with pytest.warns(RuntimeWarning, match="default form"):
+        fallback = Explainer(no_form, "cpu", cache_dir=tmp_path, composite="epsilon", deterministic=True)
+    assert fallback.metadata["sglrp_onnx.target_runtime"] == "onnxruntime"

@@ -812,7 +812,7 @@ def test_tensorrt_form_matches_reference(key, method, contrast, seed):
     """SPEC section 8: the TensorRT form (MaxPool backward by first-maximum masks; overlapping,
     dilated, ceil_mode and padded windows in "pools") gives the reference's relevance, and its
     relevance part has nothing onnx-tensorrt 10 refuses."""
-    from sglrp_onnx.placement import tensorrt_blockers
+    from sglrp_onnx.runtime_rules import tensorrt_blockers
 
     x, t = all_targets(key, seed)
     options = dict(method=method, contrast=contrast, composite="epsilon", rules=_stem_rules(key, "epsilon"), **BOUNDS)

@@ -16,7 +16,7 @@ torchvision = pytest.importorskip("torchvision")
 ort = pytest.importorskip("onnxruntime")
 
 import sglrp_onnx  # noqa: E402
-from sglrp_onnx.placement import cuda_fallbacks  # noqa: E402
+from sglrp_onnx.runtime_rules import cuda_fallbacks  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

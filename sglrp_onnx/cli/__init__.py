@@ -24,9 +24,9 @@ from sglrp_onnx.errors import (
     UsageError,
 )
 
-from . import convert, explain, inspect
+from . import convert, evaluate, explain, inspect, triton_repo
 
-SUBCOMMANDS = (convert, explain, inspect)
+SUBCOMMANDS = (convert, explain, inspect, evaluate, triton_repo)
 
 
 #: Error kinds that are about the model file: their messages get the file's path when they lack it.
@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
             """\
             Class-discriminative relevance maps (SGLRP, LRP, CLRP) as an ONNX graph.
             'convert' turns an ONNX classifier into a model that also outputs a relevance map;
-            'explain' runs it on images and writes heatmaps; 'inspect' shows what the engine sees."""
+            'explain' runs it on images and writes heatmaps; 'inspect' shows what the engine sees;
+            'evaluate' measures the maps on annotated photos; 'triton-repo' writes a Triton Inference Server
+            model repository for it."""
         ),
         epilog=_exit_code_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter,

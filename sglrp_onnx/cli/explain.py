@@ -1,30 +1,42 @@
-"""``sglrp-onnx explain``: relevance heatmaps for photos, written as PNG files and JSON lines."""
+"""``sglrp-onnx explain``: relevance heatmaps for photos, written as PNG files and JSON lines.
+
+This module holds the arguments and the loop over batches; the photos are prepared by
+:class:`sglrp_onnx.runtime.Preprocessing`, run by :class:`sglrp_onnx.runtime.Explainer`, and the
+files are written by :mod:`sglrp_onnx.cli.explain_output`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import sys
-import time
+import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from sglrp_onnx.cli.explain_output import (
+    ResultsFile,
+    error_record,
+    file_sha256,
+    image_record,
+    output_names,
+    settings_key,
+    write_image,
+)
 from sglrp_onnx.composites import COMPOSITES as COMPOSITE_TABLE
-from sglrp_onnx.errors import InputError, ModelLoadError, OutputError, SglrpError, UsageError
-from sglrp_onnx.heatmap import heatmap, overlay, panel, save_png
+from sglrp_onnx.distributed_cli import add_engine_options, check_engine_arguments, done_with_parquet, engine_settings
+from sglrp_onnx.errors import InputError, ModelLoadError, OutputError, UsageError
 from sglrp_onnx.labels import resolve_target
-from sglrp_onnx.presets import fit_image, get_preset
+from sglrp_onnx.presets import get_preset
+from sglrp_onnx.runtime.providers import PROVIDER_CHOICES
 
 METHODS = ("lrp", "clrp", "sglrp")
 COMPOSITES = tuple(COMPOSITE_TABLE)
 CONTRASTS = ("signed", "scaled")
 PRESET_NAMES = ("imagenet", "caffe", "tf", "efficientnet-lite", "raw")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-RESULTS_FILE = "results.jsonl"
 
 DESCRIPTION = """\
 Explain a classifier's decisions on photos: for every image, write a heatmap PNG of the relevance
@@ -103,6 +115,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(default: the preset recorded in the model)",
     )
     method.add_argument(
+        "--target-runtime",
+        choices=("onnxruntime", "tensorrt"),
+        help="form of the relevance part: onnxruntime (fastest on its CPU and CUDA providers) or tensorrt "
+        "(no MaxPool Indices, no scatter reductions); default when converting: tensorrt with --provider "
+        "tensorrt or --deterministic, else onnxruntime",
+    )
+    method.add_argument(
         "--compare",
         action="store_true",
         help="also render LRP, CLRP and SGLRP side by side (converts the model three times, cached)",
@@ -119,14 +138,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     run_group.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
     run_group.add_argument("--force", action="store_true", help="redo images already in results.jsonl and overwrite their files")
-    run_group.add_argument(
-        "--provider",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="ONNX Runtime execution provider (default auto: CUDA when onnxruntime-gpu and a GPU are usable)",
-    )
     run_group.add_argument("--no-cache", action="store_true", help="do not cache models converted on the fly")
-    run_group.add_argument("--quiet", action="store_true", help="no progress bar")
+    run_group.add_argument("--quiet", action="store_true", help="no progress bar, no provider report")
+    add_engine_options(parser)
+    gpu = parser.add_argument_group("execution provider (docs/runtime.md, 'Providers and options')")
+    gpu.add_argument(
+        "--provider",
+        choices=PROVIDER_CHOICES,
+        default="auto",
+        help="ONNX Runtime execution provider (default auto: CUDA when onnxruntime-gpu and a GPU are usable, "
+        "else the CPU, saying why); tensorrt: TensorRT, CUDA for the nodes TensorRT does not take, CPU last",
+    )
+    gpu.add_argument("--device", type=int, default=0, metavar="N", help="GPU to use (default 0)")
+    gpu.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="reproducible choices where ONNX Runtime offers them: deterministic compute, heuristic cuDNN "
+        "algorithm choice, TF32 off (see docs/runtime.md for what it cannot promise)",
+    )
+    gpu.add_argument("--tf32", action="store_true", help="allow TF32 math on the GPU (faster, less precise; default off)")
+    gpu.add_argument("--cuda-graph", action="store_true",
+                     help="capture the run as a CUDA graph (batches padded to one size; needs every node on CUDA)")
+    gpu.add_argument("--tensorrt-cache", metavar="DIR", help="TensorRT engine cache (default: the conversion cache's tensorrt/)")
+    gpu.add_argument(
+        "--verify-placement",
+        action="store_true",
+        help="profile one run, print where ONNX Runtime ran the nodes, and stop with exit code 5 if a GPU "
+        "provider leaves float computation on the CPU (without it: checked on GPU providers, a warning)",
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -164,174 +203,55 @@ def collect_images(inputs: Iterable[str], recursive: bool = False, exclude: Path
     return found
 
 
-def output_names(images: list[Path]) -> dict[str, str]:
-    """A file-name stem per image: its own stem, plus a short hash of its path where stems clash."""
-    counts: dict[str, int] = {}
-    for image in images:
-        counts[image.stem] = counts.get(image.stem, 0) + 1
-    names = {}
-    for image in images:
-        stem = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in image.stem) or "image"
-        if counts[image.stem] > 1:
-            stem += "-" + hashlib.sha1(str(image.resolve()).encode()).hexdigest()[:8]
-        names[str(image.resolve())] = stem
-    return names
-
-
-# -- results.jsonl -----------------------------------------------------------------------------
-
-
-def read_results(path: Path) -> list[dict]:
-    """The parseable lines of a results file (a line cut off by an interruption is ignored)."""
-    if not path.is_file():
-        return []
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
-
-
-def _append_line(path: Path, record: dict) -> None:
-    data = json.dumps(record, ensure_ascii=False)
-    try:
-        needs_newline = path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
-        with open(path, "a", encoding="utf-8") as handle:
-            if needs_newline:
-                handle.write("\n")
-            handle.write(data + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as error:
-        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
-
-
-def _last_byte(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1)
-
-
-def _rewrite_without(path: Path, drop: set[str]) -> None:
-    """Rewrite the results file atomically without the records of the images in ``drop``."""
-    if not path.is_file():
-        return
-    from sglrp_onnx.io import atomic_write_bytes
-
-    kept = [r for r in read_results(path) if r.get("image") not in drop]
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
-    atomic_write_bytes(path, text.encode("utf-8"), force=True)
-
-
-# -- progress ----------------------------------------------------------------------------------
-
-
-class Progress:
-    """A one-line progress bar on stderr (a line per update when stderr is not a terminal)."""
-
-    def __init__(self, total: int, done: int = 0, enabled: bool = True, stream=None):
-        self.total = total
-        self.done = done
-        self.start_done = done
-        self.enabled = enabled and total > 0
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.started = time.monotonic()
-        self.failed = 0
-
-    def update(self, count: int, failed: int = 0) -> None:
-        self.done += count
-        self.failed += failed
-        if not self.enabled:
-            return
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = (self.done - self.start_done) / elapsed
-        width = 30
-        filled = int(width * self.done / self.total)
-        bar = "#" * filled + "." * (width - filled)
-        left = (self.total - self.done) / rate if rate > 0 else 0.0
-        extra = f", {self.failed} failed" if self.failed else ""
-        line = f"explain [{bar}] {self.done}/{self.total} images, {rate:.1f} img/s, ~{left:.0f}s left{extra}"
-        if self.tty:
-            self.stream.write("\r" + line + "\033[K")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-# -- running -----------------------------------------------------------------------------------
+# -- what to run ---------------------------------------------------------------------------------
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _convert_options(args) -> dict:
+def convert_options(args) -> dict:
+    """The conversion options given on the command line (those not given are left out)."""
     options = {
         "method": args.method,
         "composite": args.composite,
         "contrast": args.contrast,
         "positive": args.positive,
         "preset": args.preset,
+        "target_runtime": args.target_runtime,
     }
     return {k: v for k, v in options.items() if v is not None}
 
 
-def run(args) -> int:
-    from sglrp_onnx.runtime import Explainer
-
+def check_arguments(args) -> None:
+    """Refuse contradictory or out-of-range options before any work is done."""
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
     if args.top_k is not None and args.target:
         raise UsageError("give either --target or --top-k, not both")
-    listed = max(args.top_k or 0, 5)
     if args.method == "lrp" and args.contrast:
         raise UsageError("--contrast applies to clrp and sglrp, not to --method lrp")
     if args.preset:
         get_preset(args.preset)  # fail early on a wrong name
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out}: exists and is not a folder")
-    images = collect_images(args.inputs, args.recursive, exclude=out if out.exists() else None)
-    if not Path(args.model).is_file():
-        raise ModelLoadError(f"{args.model}: no such model file")
 
-    options = _convert_options(args)
+
+def open_explainers(args) -> tuple[str, dict]:
+    """``(main method, {method: Explainer})``: the model's method, plus LRP/CLRP/SGLRP with --compare."""
+    from sglrp_onnx.runtime import Explainer
+
+    options = convert_options(args)
     common = dict(
-        providers=args.provider,
+        providers=runtime_request(args),
         labels=args.labels,
         cache=not args.no_cache,
+        placement="require" if args.verify_placement else "auto",
     )
     explainer = Explainer(args.model, **common, **options)
     if explainer.preset is None:
-        raise UsageError(
-            "the model records no preprocessing preset: give --preset "
-            f"({', '.join(PRESET_NAMES)})"
-        )
+        raise UsageError(f"the model records no preprocessing preset: give --preset ({', '.join(PRESET_NAMES)})")
     if len(explainer.input_shape) != 4:
         raise UsageError(f"explain needs a 4-D image input; the model's is {explainer.input_shape}")
     main_method = explainer.method or args.method or "sglrp"
@@ -344,152 +264,166 @@ def run(args) -> int:
             if method == "lrp":
                 opts.pop("contrast", None)
             explainers[method] = Explainer(args.model, **common, **opts)
+    return main_method, explainers
 
-    requested = args.target or ["predicted"]
+
+def runtime_request(args):
+    """The :class:`~sglrp_onnx.runtime.RuntimeOptions` of the provider flags."""
+    from sglrp_onnx.runtime import RuntimeOptions
+
+    return RuntimeOptions(
+        provider=args.provider,
+        device_id=args.device,
+        deterministic=args.deterministic,
+        tf32=args.tf32,
+        cuda_graph=args.cuda_graph,
+        tensorrt_cache_dir=args.tensorrt_cache,
+    )
+
+
+def report_provider(explainer, warned: list, quiet: bool) -> None:
+    """Tell the user what runs and why (stderr): the provider, the reason for a fallback, the
+    placement check, and the warnings ONNX Runtime logged while the session was made."""
+    for warning in warned:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    if quiet:
+        return
+    line = f"provider: {explainer.provider}"
+    if explainer.provider_note:
+        line += f" ({explainer.provider_note})"
+    print(line, file=sys.stderr)
+    if explainer.placement is not None:
+        print(f"placement: {explainer.placement.summary()}", file=sys.stderr)
+
+
+def explain_batch(x: np.ndarray, explainers: dict, main_method: str, targets: list[int], top_k: int | None) -> dict:
+    """``{target or rank: {method: Explanation}}`` for one preprocessed batch.
+
+    With ``top_k`` each image's K most probable classes are explained rank by rank (key = rank);
+    otherwise each target in ``targets`` for every image (key = target, -1 = predicted).
+    """
+    n = x.shape[0]
+    runs = {}
+    if top_k:
+        runs[0] = {m: e.explain(x, [-1] * n) for m, e in explainers.items()}
+        ranked = np.argsort(-runs[0][main_method].logits, axis=1, kind="stable")
+        for rank in range(1, min(top_k, ranked.shape[1])):
+            runs[rank] = {m: e.explain(x, ranked[:, rank].tolist()) for m, e in explainers.items()}
+    else:
+        for target in targets:
+            runs[target] = {m: e.explain(x, [target] * n) for m, e in explainers.items()}
+    return runs
+
+
+def progress_bar(total: int, done: int, enabled: bool):
+    """A tqdm progress bar on stderr counting images (finished ones from earlier runs included)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=done,
+        desc="explain",
+        unit="img",
+        disable=not enabled or total == 0,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def run(args) -> int:
+    check_arguments(args)
+    check_engine_arguments(args)
+    listed = max(args.top_k or 0, 5)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out}: exists and is not a folder")
+    images = collect_images(args.inputs, args.recursive, exclude=out if out.exists() else None)
+    if not Path(args.model).is_file():
+        raise ModelLoadError(f"{args.model}: no such model file")
+
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        main_method, explainers = open_explainers(args)
+    explainer = explainers[main_method]
+    report_provider(explainer, [w for w in warned if issubclass(w.category, RuntimeWarning)], args.quiet)
     targets: list[int] = []
-    for value in requested:
+    for value in args.target or ["predicted"]:
         index = resolve_target(value, explainer.labels, explainer.num_classes)
         if index not in targets:
             targets.append(index)
-
-    size = explainer.input_size or (224, 224)
-    layout = explainer.layout
-    preset = explainer.preset
+    preprocessing = explainer.preprocessing(fit=args.fit)
     names = output_names(images)
-    settings = {
-        "model_sha256": _file_sha256(args.model),
-        "convert": options,
-        "method": main_method,
-        "targets": targets,
-        "compare": bool(args.compare),
-        "fit": args.fit,
-        "preset": preset.name,
-        "top_k": args.top_k,
-        "listed": listed,
-        "labels": os.path.abspath(args.labels) if args.labels else None,
-    }
-    settings_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    key = settings_key(
+        {
+            "model_sha256": file_sha256(args.model),
+            "convert": convert_options(args),
+            "method": main_method,
+            "targets": targets,
+            "compare": bool(args.compare),
+            "fit": args.fit,
+            "preset": preprocessing.preset.name,
+            "top_k": args.top_k,
+            "listed": listed,
+            "labels": os.path.abspath(args.labels) if args.labels else None,
+            **engine_settings(args),
+        }
+    )
 
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(f"cannot create --out {out}: {error.strerror or error}") from None
-    results_path = out / RESULTS_FILE
+    results = ResultsFile(out)
     keys = {image: str(image.resolve()) for image in images}
     if args.force:
-        _rewrite_without(results_path, set(keys.values()))
+        results.drop(set(keys.values()))
         done: set[str] = set()
     else:
-        done = {
-            r["image"]
-            for r in read_results(results_path)
-            if r.get("settings") == settings_key and "error" not in r and isinstance(r.get("image"), str)
-        }
+        done = results.done(key)
+        if args.format == "parquet":
+            done = done_with_parquet(done, results, key, out)
     pending = [image for image in images if keys[image] not in done]
     skipped = len(images) - len(pending)
 
-    progress = Progress(len(images), skipped, enabled=not args.quiet)
-    printed_lines = len(images) <= 10
-    failures = 0
-    written = 0
-    try:
+    print_lines = len(images) <= 10
+    if args.engine == "ray":
+        from sglrp_onnx.distributed_cli import PendingRun, explain_on_ray
+
+        return explain_on_ray(args, PendingRun(
+            explainer=explainer, targets=targets, listed=listed, method=main_method, settings=key, out=out,
+            results=results, names=names, keys=keys, pending=pending, total=len(images), skipped=skipped,
+            print_lines=print_lines,
+        ))
+    failures = written = 0
+    with progress_bar(len(images), skipped, enabled=not args.quiet) as bar:
         for batch in _chunks(pending, args.batch_size):
-            photos, ok = [], []
-            for image in batch:
-                try:
-                    photos.append(fit_image(image, size, args.fit))
-                    ok.append(image)
-                except SglrpError as error:
-                    failures += 1
-                    _append_line(results_path, {"image": keys[image], "settings": settings_key, "error": str(error)})
-                    print(f"warning: {error}", file=sys.stderr)
+            pixels, kept, errors = preprocessing.fit_many(batch, skip_unreadable=True)
+            for index, error in errors:
+                failures += 1
+                results.append(error_record(keys[batch[index]], key, error))
+                bar.write(f"warning: {error}", file=sys.stderr)
+            ok = [batch[i] for i in kept]
             if ok:
-                pixels = np.stack(photos)
-                x = preset.normalize(pixels, layout).astype(explainer.input_dtype, copy=False)
-                runs = {}
-                if args.top_k:  # the K most probable classes of each image, rank by rank
-                    runs[0] = {m: e.explain(x, [-1] * len(ok)) for m, e in explainers.items()}
-                    ranked = np.argsort(-runs[0][main_method].logits, axis=1, kind="stable")
-                    for rank in range(1, min(args.top_k, ranked.shape[1])):
-                        runs[rank] = {m: e.explain(x, ranked[:, rank].tolist()) for m, e in explainers.items()}
-                else:
-                    for target in targets:
-                        runs[target] = {m: e.explain(x, [target] * len(ok)) for m, e in explainers.items()}
-                first = next(iter(runs.values()))[main_method]
-                top = first.top_k(listed)
+                runs = explain_batch(preprocessing.normalize(pixels), explainers, main_method, targets, args.top_k)
+                top = next(iter(runs.values()))[main_method].top_k(listed)
                 for i, image in enumerate(ok):
-                    record = _record_image(
-                        image, keys[image], names[keys[image]], i, pixels[i], runs, main_method, top[i],
-                        out, layout, settings_key, explainer,
-                    )
-                    _append_line(results_path, record)
+                    name = names[keys[image]]
+                    explanations = write_image(out, name, i, pixels[i], runs, main_method, preprocessing.layout)
+                    record = image_record(keys[image], name, key, main_method, explainer.provider, top[i], explanations)
+                    results.append(record)
                     written += 1
-                    if printed_lines:
+                    if print_lines:
                         best = record["predictions"][0]
-                        files = ", ".join(
-                            str(out / f) for e in record["explanations"] for k, f in e["files"].items() if k == "overlay"
-                        )
-                        progress_clear(progress)
-                        print(f"{image}: {best['label']} ({best['class']}) p={best['probability']:.3f} -> {files}")
-            progress.update(len(batch), failed=len(batch) - len(ok))
-    finally:
-        progress.close()
+                        files = ", ".join(str(out / e["files"]["overlay"]) for e in explanations)
+                        bar.write(f"{image}: {best['label']} ({best['class']}) p={best['probability']:.3f} -> {files}", file=sys.stdout)
+            if failures:
+                bar.set_postfix(failed=failures, refresh=False)
+            bar.update(len(batch))
     print(
         f"explained {written} image(s), skipped {skipped} already done, {failures} failed; "
-        f"results in {results_path}"
+        f"results in {results.path}"
     )
     return InputError.exit_code if failures else 0
-
-
-def progress_clear(progress: Progress) -> None:
-    if progress.enabled and progress.tty:
-        progress.stream.write("\r\033[K")
-        progress.stream.flush()
-
-
-def _record_image(image, key, name, i, photo, runs, main_method, top, out, layout, settings_key, explainer) -> dict:
-    """Write one image's PNGs and return its results.jsonl record."""
-    explanations = []
-    seen_classes: set[int] = set()
-    for target, by_method in runs.items():
-        result = by_method[main_method]
-        cls = int(result.explained_class[i])
-        if cls in seen_classes:
-            continue
-        seen_classes.add(cls)
-        relevance = result.relevance[i]
-        files = {
-            "heatmap": f"{name}.{main_method}.c{cls}.heatmap.png",
-            "overlay": f"{name}.{main_method}.c{cls}.overlay.png",
-        }
-        save_png(heatmap(relevance, layout), out / files["heatmap"])
-        save_png(overlay(photo, relevance, layout), out / files["overlay"])
-        if len(by_method) > 1:
-            files["compare"] = f"{name}.c{cls}.compare.png"
-            order = [m for m in METHODS if m in by_method]
-            heat_row = [photo] + [heatmap(by_method[m].relevance[i], layout) for m in order]
-            over_row = [np.full_like(photo, 255)] + [overlay(photo, by_method[m].relevance[i], layout) for m in order]
-            header = f"class {cls}: {result.label(cls)} (p={result.probabilities[i, cls]:.3f})"
-            save_png(panel([heat_row, over_row], ["photo"] + [m.upper() for m in order], header), out / files["compare"])
-        r = relevance.astype(np.float64)
-        explanations.append(
-            {
-                "target": int(target),
-                "explained_class": cls,
-                "explained_label": result.label(cls),
-                "probability": float(result.probabilities[i, cls]),
-                "logit": float(result.logits[i, cls]),
-                "relevance_sum": float(r.sum()),
-                "relevance_max_abs": float(np.abs(r).max()),
-                "files": files,
-            }
-        )
-    return {
-        "image": key,
-        "name": name,
-        "settings": settings_key,
-        "method": main_method,
-        "provider": explainer.provider,
-        "predictions": top,
-        "explanations": explanations,
-    }

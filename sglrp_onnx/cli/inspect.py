@@ -67,11 +67,11 @@ def describe(path: str, composite: str = "dtd", rules=None, image_input=None, ep
 
 
 def runtime_report(model) -> dict:
-    """What the runtimes will make of a converted model (SPEC section 8; :mod:`sglrp_onnx.placement`):
+    """What the runtimes will make of a converted model (SPEC section 8; :mod:`sglrp_onnx.runtime_rules`):
     float nodes of the relevance part ONNX Runtime's CUDA provider would leave to the CPU, nodes
     TensorRT refuses (whole model), and why onnxruntime-gpu would not load it."""
     from sglrp_onnx.emit.builder import PREFIX
-    from sglrp_onnx.placement import cuda_fallbacks, release_blockers, tensorrt_blockers
+    from sglrp_onnx.runtime_rules import cuda_fallbacks, release_blockers, tensorrt_blockers
 
     return {
         "cuda_cpu_fallbacks": [str(f) for f in cuda_fallbacks(model, prefix=PREFIX)],

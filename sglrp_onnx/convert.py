@@ -20,12 +20,13 @@ from onnx import checker, helper, version_converter
 from sglrp_onnx import metadata
 from sglrp_onnx.bounds import bounds_at_input, bounds_for_tensor, carry_bounds
 from sglrp_onnx.canonicalize import canonicalize, fold_model_constants, fold_pad_into_conv, fold_shape_computations
+from sglrp_onnx.skeleton import infer_shapes_in_place, skeleton
 from sglrp_onnx.composites import assign_rules, default_gamma
 from sglrp_onnx.emit.builder import PREFIX, Context, Emitter
 from sglrp_onnx.emit.methods import CONTRASTS, DEFAULT_CONTRAST, METHODS, combine_scaled, initial_relevance
 from sglrp_onnx.emit.relevance import blocking_nodes, emit_relevance, moves_batch_axis, nonnegative_tensors
 from sglrp_onnx.errors import InternalError, RuleError, SglrpError, UnsupportedModelError, UsageError
-from sglrp_onnx.graph import Graph, from_onnx, infer_shapes, main_opset
+from sglrp_onnx.graph import Graph, from_onnx, main_opset
 from sglrp_onnx.io import load_model, save_model
 from sglrp_onnx.presets import get_preset
 from sglrp_onnx.rules import LinearRule
@@ -268,7 +269,8 @@ def _raise_if_blocked(graph: Graph, rules: dict) -> None:
 def canonical_graph(model: onnx.ModelProto, image_input: str | None = None) -> Graph:
     """The canonical graph of ``model`` (constants and shape computations folded on a copy, shapes
     inferred, rewritten)."""
-    graph = from_onnx(infer_shapes(fold_shape_computations(fold_model_constants(model))))
+    # fold_model_constants returns a copy of its own, which shape inference may annotate in place
+    graph = from_onnx(infer_shapes_in_place(fold_shape_computations(fold_model_constants(model))))
     return canonicalize(graph, image_input)
 
 
@@ -302,6 +304,17 @@ def _all_names(model: onnx.ModelProto) -> set[str]:
     names.update(v.name for v in graph.output)
     names.update(v.name for v in graph.value_info)
     names.discard("")
+    return names
+
+
+def _constant_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors of ``model`` that hold constants the relevance part may read by name (weight recipes,
+    :mod:`sglrp_onnx.recipes`): initializers that are not graph inputs (an input with an initializer
+    can be fed another value), and node outputs (constant ones come from Constant nodes or constant
+    subgraphs, which ONNX Runtime folds as it folds the recipes)."""
+    inputs = {i.name for i in model.graph.input}
+    names = {t.name for t in model.graph.initializer if t.name not in inputs}
+    names.update(out for node in model.graph.node for out in node.output)
     return names
 
 
@@ -411,7 +424,8 @@ def _convert(
     if method == "clrp" and classes < 2:
         raise UnsupportedModelError(f"clrp needs at least 2 classes; the logits '{graph.logits}' have {classes}")
 
-    result = copy.deepcopy(model)
+    original_outputs = [o.name for o in model.graph.output]
+    result = model  # load_model gave this function its own copy: the forward part is built on it, not copied again
     taken = _all_names(result)
     names = {
         "target": _unique(taken, "target"),
@@ -420,7 +434,7 @@ def _convert(
     }
     reuse_logits = graph.logits == "logits" and "logits" in graph.outputs and len(logits_shape) == 2
     names["logits"] = "logits" if reuse_logits else _unique(taken, "logits")
-    emitter = Emitter(taken)
+    emitter = Emitter(taken, shared=_constant_tensors(result), materialise=target_runtime == "tensorrt")
     logits_2d = graph.logits
     if widen:  # float16 model: the relevance part works in float32, the contract outputs are float32
         logits_2d = emitter.op("Cast", [logits_2d], "logits32", to=onnx.TensorProto.FLOAT)
@@ -483,7 +497,7 @@ def _convert(
         "logits_output": names["logits"],
         "explained_class_output": names["explained_class"],
         "relevance_output": names["relevance"],
-        "original_outputs": [o.name for o in model.graph.output],
+        "original_outputs": original_outputs,
         "node_prefix": PREFIX,
         "original_opset": str(original_opset),
         "opset": str(opset),
@@ -531,7 +545,7 @@ def _finish(model: onnx.ModelProto) -> None:
     del model.graph.value_info[:]
     model.ir_version = max(helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True), 4)
     try:
-        checker.check_model(model, full_check=True)
+        checker.check_model(skeleton(model), full_check=True)  # the graph, without a second copy of the weights
     except Exception as error:
         raise InternalError(f"internal error: the converted model fails the ONNX checker ({error}); please report this") from None
 

@@ -29,7 +29,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -376,21 +376,47 @@ def _one_line(error: Exception, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _encoded_size(tensor: onnx.TensorProto) -> int:
+    """Bytes of ``tensor`` in the file (raw data plus a generous header), without encoding it."""
+    if tensor.raw_data:
+        return len(tensor.raw_data) + len(tensor.name) + 16 * len(tensor.dims) + 64
+    return tensor.ByteSize()
+
+
+def _model_size(model: onnx.ModelProto, light: onnx.ModelProto | None = None, large=None) -> int:
+    """Bytes of ``model`` encoded, within a few bytes per large tensor, without encoding it
+    (protobuf's ``ByteSize`` encodes the whole message, a transient copy of every weight)."""
+    from sglrp_onnx.skeleton import large_initializers, skeleton
+
+    light = skeleton(model) if light is None else light
+    large = large_initializers(model) if large is None else large
+    return light.ByteSize() + sum(_encoded_size(tensor) for tensor in large)
+
+
 def _check_model(model: onnx.ModelProto, label: str) -> None:
     """The ONNX checker, then strict shape inference (what ``full_check=True`` adds), whose
     inferred shapes must stay within :data:`MAX_TENSOR_ELEMENTS` too (a 1 KB model with
     ``pads=[10**6, ...]`` would otherwise ask for petabytes at run time)."""
-    if model.ByteSize() > MAX_PROTOBUF_BYTES:
+    from sglrp_onnx.skeleton import large_initializers, skeleton
+
+    # The checker and shape inference copy the model they are given, and protobuf's ByteSize
+    # encodes it: the large weights are sized and checked one at a time, the graph without them
+    # as a whole (VGG-16: 2.8 GB -> 1.2 GB peak at load)
+    light = skeleton(model)
+    large = large_initializers(model)
+    if _model_size(model, light, large) > MAX_PROTOBUF_BYTES:
         raise ModelLoadError(
             f"{label}: the model is larger than 2 GiB with its external data, which sglrp-onnx cannot convert "
             "(one ONNX protobuf message is limited to 2 GiB)"
         )
     try:
-        onnx.checker.check_model(model)
+        for tensor in large:
+            onnx.checker.check_tensor(tensor)
+        onnx.checker.check_model(light)
     except Exception as error:  # noqa: BLE001 - ValidationError, and ValueError/RuntimeError from the C++ side
         raise ModelLoadError(f"{label}: the model fails the ONNX checker: {_one_line(error)}") from None
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True, data_prop=True)
     except Exception as error:  # noqa: BLE001 - InferenceError and others
         raise ModelLoadError(f"{label}: the model fails the ONNX checker (shape inference): {_one_line(error)}") from None
     producers = {out: node for node in inferred.graph.node for out in node.output}
@@ -436,8 +462,9 @@ def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
     return target
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, force: bool = False) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | Iterable[bytes], force: bool = False) -> Path:
+    """Write ``data`` (bytes, or an iterable of bytes written in turn) to ``path`` through a
+    temporary file in the same folder and a rename.
 
     Without ``force`` an existing file is never replaced (:class:`OutputError`), even when one
     appears while writing (the final step is then a hard link, which fails if the name exists).
@@ -452,7 +479,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, force: bool = False
         raise OutputError(f"{target}: cannot write into the folder '{folder}': {error.strerror or error}") from None
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            for part in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+                stream.write(part)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temp_name, 0o666 & ~_umask())
@@ -472,6 +500,66 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, force: bool = False
         raise
     _sync_folder(folder)
     return target
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _length_delimited(field_number: int, length: int) -> bytes:
+    """Protobuf key and length of a length-delimited field (wire type 2)."""
+    return _varint(field_number << 3 | 2) + _varint(length)
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    """Every set field of protobuf message ``source`` but ``skip`` into ``target``."""
+    for descriptor, value in source.ListFields():
+        if descriptor.name == skip:
+            continue
+        field = getattr(target, descriptor.name)
+        if descriptor.label == descriptor.LABEL_REPEATED:
+            field.extend(value)
+        elif descriptor.message_type is not None:
+            field.CopyFrom(value)
+        else:
+            setattr(target, descriptor.name, value)
+
+
+def encoded_parts(model: onnx.ModelProto) -> Iterator[bytes]:
+    """``model.SerializeToString()`` in parts: the model without its large initializers, then each
+    of them as its own ``graph.initializer`` entry (protobuf concatenates a message's fields, so
+    the parts read back as the same model). Only one large tensor is encoded at a time, where
+    encoding the whole model holds the serialised file plus protobuf's growing buffer (VGG-16:
+    2.8 GB peak -> about the model's own size)."""
+    from sglrp_onnx.skeleton import is_large
+
+    tensors = list(model.graph.initializer)
+    large = [tensor for tensor in tensors if is_large(tensor)]
+    if not large:
+        yield model.SerializeToString()
+        return
+    head = onnx.ModelProto()
+    _copy_fields(model, head, skip="graph")
+    graph = onnx.GraphProto()
+    _copy_fields(model.graph, graph, skip="initializer")
+    graph.initializer.extend(tensor for tensor in tensors if not is_large(tensor))
+    graph_bytes = graph.SerializeToString()
+    sizes = [tensor.ByteSize() for tensor in large]
+    total = len(graph_bytes) + sum(len(_length_delimited(5, size)) + size for size in sizes)
+    yield head.SerializeToString()
+    yield _length_delimited(7, total)  # ModelProto.graph = 7
+    yield graph_bytes
+    for tensor, size in zip(large, sizes):
+        yield _length_delimited(5, size)  # GraphProto.initializer = 5
+        yield tensor.SerializeToString()
 
 
 def _link_no_replace(temp_name: str, target: Path) -> None:
@@ -515,8 +603,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, force: bool = Fa
     tensors go to ``<path>.data`` beside it (written first, also atomically), the graph to
     ``path``. If writing the graph fails, a data file this call created is removed again.
     """
-    if model.ByteSize() <= EXTERNAL_DATA_ABOVE_BYTES:
-        return atomic_write_bytes(path, model.SerializeToString(), force=force)
+    if _model_size(model) <= EXTERNAL_DATA_ABOVE_BYTES:
+        return atomic_write_bytes(path, encoded_parts(model), force=force)
     target = check_output_path(path, force)
     data_path = target.with_name(target.name + ".data")
     check_output_path(data_path, force)

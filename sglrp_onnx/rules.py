@@ -18,47 +18,64 @@ stabiliser is Zennit's: ``z + eps`` where ``z >= 0`` and ``z - eps`` where ``z <
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+from onnx import numpy_helper
 
 from sglrp_onnx.errors import RuleError
 
 # ---------------------------------------------------------------------------- parameter modifiers
 
 
-def keep(p: np.ndarray, gamma: float = 0.0) -> np.ndarray:
-    return p
+@dataclass(frozen=True, eq=False)
+class Modifier:
+    """A parameter modifier in two forms: ``numpy(p, gamma)`` (biases, materialised weights) and
+    ``onnx(emitter, tensor, gamma, shape)``, the same function as ONNX operators on a weight
+    tensor (:mod:`sglrp_onnx.recipes`), which ONNX Runtime folds once at session load."""
+
+    name: str
+    numpy: Callable[[np.ndarray, float], np.ndarray]
+    onnx: Callable[..., str]
+    uses_gamma: bool = False
+
+    def __call__(self, p: np.ndarray, gamma: float = 0.0) -> np.ndarray:
+        return self.numpy(p, gamma)
+
+    def emit(self, emitter, tensor: str, gamma: float, shape) -> str:
+        """The modified ``tensor`` (float32, of ``shape``) as ONNX operators; returns its name."""
+        return self.onnx(emitter, tensor, gamma, shape)
 
 
-def positive(p: np.ndarray, gamma: float = 0.0) -> np.ndarray:
-    return np.maximum(p, 0.0)
+def _relu(em, t: str) -> str:
+    return em.op("Relu", [t], "wpos")
 
 
-def negative(p: np.ndarray, gamma: float = 0.0) -> np.ndarray:
-    return np.minimum(p, 0.0)
+def _min0(em, t: str) -> str:
+    return em.op("Min", [t, em.const(np.float32(0))], "wneg")
 
 
-def zero(p: np.ndarray, gamma: float = 0.0) -> np.ndarray:
-    return np.zeros_like(p)
+def _filled(em, shape, value: float) -> str:
+    return em.op("ConstantOfShape", [em.const(np.array(shape, np.int64))], "wfill",
+                 value=numpy_helper.from_array(np.array([value], np.float32)))
 
 
-def ones(p: np.ndarray, gamma: float = 0.0) -> np.ndarray:
-    return np.ones_like(p)
+def _plus_gamma(em, t: str, part: str, gamma: float) -> str:
+    return em.op("Add", [t, em.op("Mul", [part, em.const(np.float32(gamma))], "wg")], "wgamma")
 
 
-def square(p: np.ndarray, gamma: float = 0.0) -> np.ndarray:
-    return p * p
-
-
-def gamma_positive(p: np.ndarray, gamma: float = 0.0) -> np.ndarray:
-    """``p + gamma * p+`` (Montavon et al. 2019, section 10.2.3)."""
-    return p + gamma * np.maximum(p, 0.0)
-
-
-def gamma_negative(p: np.ndarray, gamma: float = 0.0) -> np.ndarray:
-    """``p + gamma * p-``, the mirror of :func:`gamma_positive` for negative outputs."""
-    return p + gamma * np.minimum(p, 0.0)
+keep = Modifier("keep", lambda p, g=0.0: p, lambda em, t, g, shape: t)
+positive = Modifier("positive", lambda p, g=0.0: np.maximum(p, 0.0), lambda em, t, g, shape: _relu(em, t))
+negative = Modifier("negative", lambda p, g=0.0: np.minimum(p, 0.0), lambda em, t, g, shape: _min0(em, t))
+zero = Modifier("zero", lambda p, g=0.0: np.zeros_like(p), lambda em, t, g, shape: _filled(em, shape, 0.0))
+ones = Modifier("ones", lambda p, g=0.0: np.ones_like(p), lambda em, t, g, shape: _filled(em, shape, 1.0))
+square = Modifier("square", lambda p, g=0.0: p * p, lambda em, t, g, shape: em.op("Mul", [t, t], "wsq"))
+#: ``p + gamma * p+`` (Montavon et al. 2019, section 10.2.3).
+gamma_positive = Modifier("gamma_positive", lambda p, g=0.0: p + g * np.maximum(p, 0.0),
+                          lambda em, t, g, shape: _plus_gamma(em, t, _relu(em, t), g), uses_gamma=True)
+#: ``p + gamma * p-``, the mirror of :data:`gamma_positive` for negative outputs.
+gamma_negative = Modifier("gamma_negative", lambda p, g=0.0: p + g * np.minimum(p, 0.0),
+                          lambda em, t, g, shape: _plus_gamma(em, t, _min0(em, t), g), uses_gamma=True)
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,10 @@ GENERATORS = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample"
 
 def _inferred_sizes(model: onnx.ModelProto) -> dict[str, int | None]:
     """Element counts that shape inference (with data propagation) gives, None where unknown."""
+    from sglrp_onnx.skeleton import skeleton  # the weights' values are not needed, only their shapes
+
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), data_prop=True)
     except Exception:  # a model that fails inference folds only what is provably small
         return {}
     sizes: dict[str, int | None] = {}
@@ -68,12 +70,32 @@ def _small_enough(node: onnx.NodeProto, values: dict[str, np.ndarray], sizes: di
     return True
 
 
+class _LazyValues(dict):
+    """Name -> value of the constants: initializers become numpy arrays when first read."""
+
+    def __init__(self, initializers):
+        super().__init__()
+        self._tensors = {t.name: t for t in initializers}
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name) or name in self._tensors
+
+    def __iter__(self):
+        yield from self._tensors
+        yield from (name for name in dict.keys(self) if name not in self._tensors)
+
+    def __missing__(self, name):
+        value = numpy_helper.to_array(self._tensors[name])
+        self[name] = value
+        return value
+
+
 def fold_model_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` in which nodes computed only from constants are initializers."""
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
     graph = folded.graph
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    values = _LazyValues(graph.initializer)  # arrays made only for the initializers a folded node reads
     runtime_inputs = {i.name for i in graph.input} - set(values)
     kept, new_constants = [], {}
     sizes = _inferred_sizes(folded)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sglrp_onnx import recipes
 from sglrp_onnx.graph import Graph, Node
 
 AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
@@ -37,11 +38,11 @@ def _per_channel(graph: Graph, linear: Node, value: np.ndarray) -> np.ndarray | 
 
 
 def _scale(linear: Node, factor: np.ndarray) -> None:
-    weight = linear.params["weight"]
+    weight = linear.params["weight"]  # a recipe: the scale is applied in the graph (sglrp_onnx.recipes)
     if linear.op_type == "Conv":
-        linear.params["weight"] = weight * factor.reshape((-1,) + (1,) * (weight.ndim - 1))
+        linear.params["weight"] = recipes.scaled(weight, factor.reshape((-1,) + (1,) * (weight.ndim - 1)))
     else:
-        linear.params["weight"] = weight * factor.reshape(1, -1)
+        linear.params["weight"] = recipes.scaled(weight, factor.reshape(1, -1))
     linear.params["bias"] = linear.params["bias"] * factor
 
 

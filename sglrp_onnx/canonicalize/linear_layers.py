@@ -5,6 +5,10 @@
 - ``Dense``: ``y = x @ weight + bias`` over the last axis, weight ``[K_in, K_out]``. Gemm's
   ``alpha``, ``beta`` and ``transB`` are folded into the weight and bias.
 
+Weights are :class:`sglrp_onnx.recipes.Recipe` s over the model's constant tensor (a transpose, a
+scale on top), so that the relevance part reads the model's own initializers instead of copies;
+biases are small float64 arrays.
+
 The rule emitter then deals with two layer kinds only, whatever the exporter wrote.
 """
 
@@ -14,8 +18,10 @@ import math
 
 import numpy as np
 
+from sglrp_onnx import recipes
 from sglrp_onnx.errors import UnsupportedModelError
 from sglrp_onnx.graph import Graph, Node
+from sglrp_onnx.recipes import Recipe
 
 
 def resolve_conv_pads(graph: Graph, node: Node, spatial_rank: int, kernel, strides, dilations) -> list[int]:
@@ -68,8 +74,17 @@ def _constant_weight(graph: Graph, node: Node, name: str, what: str) -> np.ndarr
     return graph.constants[name].astype(np.float64)
 
 
+def _weight_recipe(graph: Graph, node: Node, name: str, what: str) -> Recipe:
+    """The weight as a recipe reading the model's constant (no copy of its values)."""
+    if not name or not graph.is_const(name):
+        raise UnsupportedModelError(
+            f"{node.describe(graph)}: its {what} is computed at run time; the engine needs constant weights"
+        )
+    return recipes.source(name, graph.constants[name])
+
+
 def _conv(graph: Graph, node: Node) -> Node:
-    weight = _constant_weight(graph, node, node.inputs[1], "weight")
+    weight = _weight_recipe(graph, node, node.inputs[1], "weight")
     rank = weight.ndim - 2
     if rank < 1:
         raise UnsupportedModelError(f"{node.describe(graph)}: weight of rank {weight.ndim} is not a convolution")
@@ -112,10 +127,14 @@ def _gemm(graph: Graph, node: Node) -> Node:
         raise UnsupportedModelError(f"{node.describe(graph)}: Gemm with transA=1 on the activation is not supported")
     if graph.is_const(node.inputs[0]):
         raise UnsupportedModelError(f"{node.describe(graph)}: Gemm whose first input is the constant is not supported")
-    weight = _constant_weight(graph, node, node.inputs[1], "weight (input B)")
+    weight = _weight_recipe(graph, node, node.inputs[1], "weight (input B)")
+    if weight.ndim != 2:
+        raise UnsupportedModelError(f"{node.describe(graph)}: Gemm with a weight of rank {weight.ndim} is not supported")
     if node.attrs.get("transB", 0):
-        weight = weight.T
-    weight = weight * float(node.attrs.get("alpha", 1.0))
+        weight = recipes.transposed(weight, (1, 0))
+    alpha = float(node.attrs.get("alpha", 1.0))
+    if alpha != 1.0:
+        weight = recipes.scaled(weight, np.float64(alpha))
     bias = np.zeros(weight.shape[1])
     if len(node.inputs) > 2 and node.inputs[2]:
         value = _constant_weight(graph, node, node.inputs[2], "bias (input C)") * float(node.attrs.get("beta", 1.0))
@@ -126,7 +145,7 @@ def _gemm(graph: Graph, node: Node) -> Node:
 def _matmul(graph: Graph, node: Node) -> Node:
     if graph.is_const(node.inputs[0]):
         raise UnsupportedModelError(f"{node.describe(graph)}: MatMul with the constant on the left is not supported")
-    weight = _constant_weight(graph, node, node.inputs[1], "weight")
+    weight = _weight_recipe(graph, node, node.inputs[1], "weight")
     if weight.ndim != 2:
         raise UnsupportedModelError(f"{node.describe(graph)}: MatMul with a weight of rank {weight.ndim} is not supported")
     bias = np.zeros(weight.shape[1])

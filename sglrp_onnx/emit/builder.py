@@ -25,8 +25,15 @@ ONE = numpy_helper.from_array(np.ones(1, np.float32))
 class Emitter:
     """Collects the nodes and initializers of the relevance part, with collision-free names."""
 
-    def __init__(self, taken: set[str], prefix: str = PREFIX):
+    def __init__(self, taken: set[str], prefix: str = PREFIX, shared: set[str] | None = None, materialise: bool = False):
         self.prefix = prefix
+        #: constant tensors of the converted model that weight recipes may read by name
+        #: (:func:`sglrp_onnx.recipes.source`); any other source is stored as a copy
+        self.shared = shared if shared is not None else set()
+        #: store every weight recipe's value as an initializer (TensorRT needs Conv weights as
+        #: initializers, SPEC section 8) instead of computing it in the graph from the shared ones
+        self.materialise = materialise
+        self._recipes: dict[tuple, tuple] = {}
         self.taken = taken
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
@@ -64,6 +71,23 @@ class Emitter:
             self._constants[key] = name
         elif isinstance(value, np.ndarray) and dtype is None:
             self._by_identity[id(value)] = (value, name)  # keeps the array alive, so ids stay unique
+        return name
+
+    def weight(self, recipe, hint: str = "w") -> str:
+        """A weight given as a :class:`sglrp_onnx.recipes.Recipe`, emitted once per recipe key.
+
+        By default as the recipe's few ONNX nodes over the model's own constants (ONNX Runtime
+        folds them when the session is created, so the file stores no second copy); with
+        ``materialise``, as one initializer holding its value."""
+        known = self._recipes.get(recipe.key)
+        if known is not None:
+            return known[1]
+        if self.materialise:
+            name = self.fresh(hint)  # no identity entry: nothing keeps the value alive after writing
+            self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(recipe.value(), np.float32), name))
+        else:
+            name = recipe.emit(self, [self.weight(parent, hint) for parent in recipe.parents])
+        self._recipes[recipe.key] = (recipe, name)  # the recipe kept alive: keys may hold an id()
         return name
 
     def op(self, op_type: str, inputs: Iterable[str], hint: str | None = None, outputs: int = 1, **attrs) -> Any:

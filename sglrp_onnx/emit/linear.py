@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from sglrp_onnx import recipes
 from sglrp_onnx.errors import UnsupportedModelError
 from sglrp_onnx.graph import Node
+from sglrp_onnx.recipes import Recipe
 from sglrp_onnx.rules import LinearRule, SimpleRule, keep, ones, positive, square, zero, zero_rule
 
 from .builder import Context
@@ -37,21 +39,21 @@ class ConvMap:
         # computes the begin padding from the runtime shape.
         self.padding = {"pads": self.pads} if self.pads is not None else {"auto_pad": attrs["auto_pad"]}
 
-    def forward(self, x: str, weight: np.ndarray, bias: np.ndarray) -> str:
+    def forward(self, x: str, weight: Recipe, bias: np.ndarray) -> str:
         em = self.ctx.em
-        inputs = [x, em.const(weight, "w")]
+        inputs = [x, em.weight(weight, "w")]
         if np.any(bias != 0):
             inputs.append(em.const(bias, "b"))
         return em.op("Conv", inputs, "z", strides=self.strides, dilations=self.dilations, group=self.group, **self.padding)
 
-    def transpose(self, s: str, weight: np.ndarray) -> str:
+    def transpose(self, s: str, weight: Recipe) -> str:
         if self.pads is None:
             return same_padding_transpose(self.ctx, self.node, s, weight, self.strides, self.dilations, self.group)
         return conv_transpose(self.ctx, self.node.inputs[0], self.node.outputs[0], s, weight,
                               self.strides, self.dilations, self.pads, self.group)
 
 
-def conv_transpose(ctx: Context, x: str, y: str, s: str, weight: np.ndarray, strides, dilations, pads, group) -> str:
+def conv_transpose(ctx: Context, x: str, y: str, s: str, weight: Recipe | np.ndarray, strides, dilations, pads, group) -> str:
     """The transpose of a convolution applied to ``s`` (shaped like ``y``), shaped like ``x``.
 
     With static spatial sizes, ONNX Runtime's Conv kernels beat its ConvTranspose, so: stride-1
@@ -61,6 +63,8 @@ def conv_transpose(ctx: Context, x: str, y: str, s: str, weight: np.ndarray, str
     use a ConvTranspose with symmetric pads only (see :func:`_symmetric_conv_transpose`), so that
     ONNX Runtime's CUDA provider keeps it on the GPU.
     """
+    if isinstance(weight, np.ndarray):  # a kernel the engine made (average pooling's)
+        weight = recipes.constant(weight)
     kernel = list(weight.shape[2:])
     rank = len(kernel)
     begin = list(pads[:rank])
@@ -70,7 +74,7 @@ def conv_transpose(ctx: Context, x: str, y: str, s: str, weight: np.ndarray, str
         as_conv = _transpose_as_conv(ctx, s, weight, list(x_shape[2:]), list(y_shape[2:]), strides, dilations, begin, group)
         if as_conv is not None:
             return as_conv
-    weight_name = ctx.em.const(weight, "w")
+    weight_name = ctx.em.weight(weight, "w")
     if static:
         return _symmetric_conv_transpose(ctx, s, weight_name, kernel, list(x_shape[2:]), list(y_shape[2:]), strides, dilations, begin, group)
     # Dynamic spatial size: the full transpose (no padding), cut from the begin padding at run time.
@@ -113,7 +117,7 @@ def _symmetric_conv_transpose(ctx: Context, s: str, weight_name: str, kernel, in
     return em.op("Slice", [out, em.const(list(begin)), em.const(ends), em.const(list(range(2, 2 + rank)))], "c")
 
 
-def _transpose_as_conv(ctx: Context, s: str, weight: np.ndarray, in_size, out_size, strides, dilations, begin, group):
+def _transpose_as_conv(ctx: Context, s: str, weight: Recipe, in_size, out_size, strides, dilations, begin, group):
     """``ConvTranspose`` rewritten as ``Conv`` (see :func:`conv_transpose`), or None where unfit."""
     rank = len(in_size)
     kernel = list(weight.shape[2:])
@@ -135,21 +139,8 @@ def _transpose_as_conv(ctx: Context, s: str, weight: np.ndarray, in_size, out_si
         ends = [o + min(p, 0) for o, p in zip(out_size, pads_end)]
         u = em.op("Slice", [u, em.const([0] * rank), em.const(ends), em.const(list(range(2, 2 + rank)))], "u")
         pads_end = [max(p, 0) for p in pads_end]
-    transposed = _group_transposed(weight, group)
-    return em.op("Conv", [u, em.const(transposed, "wt")], "c", dilations=dilations, group=group, pads=pads_begin + pads_end)
-
-
-def _group_transposed(weight: np.ndarray, group: int, flip: bool = True) -> np.ndarray:
-    """Kernel of the transposed convolution, for use in a plain Conv (groups kept apart)."""
-    rank = weight.ndim - 2
-    kernel = list(weight.shape[2:])
-    out_channels, in_per_group = weight.shape[0], weight.shape[1]
-    per_group = out_channels // group
-    if flip:
-        weight = weight[(slice(None), slice(None)) + (slice(None, None, -1),) * rank]
-    return np.ascontiguousarray(
-        weight.reshape(group, per_group, in_per_group, *kernel).swapaxes(1, 2).reshape(group * in_per_group, per_group, *kernel)
-    )
+    transposed = recipes.group_transposed(weight, group)
+    return em.op("Conv", [u, em.weight(transposed, "wt")], "c", dilations=dilations, group=group, pads=pads_begin + pads_end)
 
 
 def _interleave(ctx: Context, u: str, channels: int, size, strides) -> str:
@@ -167,7 +158,7 @@ def _interleave(ctx: Context, u: str, channels: int, size, strides) -> str:
     return em.op("Reshape", [u, em.const(np.array([0, channels, *[e * st for e, st in zip(size, strides)]], np.int64))], "u")
 
 
-def _polyphase_transpose(ctx: Context, s: str, weight: np.ndarray, in_size, out_size, strides, dilations, begin, group):
+def _polyphase_transpose(ctx: Context, s: str, weight: Recipe, in_size, out_size, strides, dilations, begin, group):
     """Transpose of a strided 2-D convolution as one Conv at the output resolution + DepthToSpace.
 
     Output position ``i = S*m + q`` of the transpose only meets the kernel taps ``t = t0 + S*u``
@@ -182,7 +173,7 @@ def _polyphase_transpose(ctx: Context, s: str, weight: np.ndarray, in_size, out_
         return None
     stride = strides[0]
     kernel = list(weight.shape[2:])
-    taps = _group_transposed(weight, group, flip=False)  # [C_in, C_out / group, *kernel]
+    taps = recipes.group_transposed(weight, group, flip=False)  # [C_in, C_out / group, *kernel]
     windows = []
     for axis in range(rank):
         phases = []
@@ -197,37 +188,37 @@ def _polyphase_transpose(ctx: Context, s: str, weight: np.ndarray, in_size, out_
             return None
         windows.append((phases, low, high))
     sizes = [high - low + 1 for _, low, high in windows]
-    in_channels, per_group = taps.shape[0], taps.shape[1]
-    phase_count = stride * stride
-    combined = np.zeros((in_channels, phase_count, per_group, *sizes), dtype=taps.dtype)
+    # index[phase, i, j]: the flat kernel tap at window position (i, j) of that phase, or the
+    # zero tap kernel[0] * kernel[1] where the phase meets no tap
+    index = np.full((stride * stride, *sizes), kernel[0] * kernel[1], np.int64)
     for qh in range(stride):
         (t0h, nh, dh), low_h = windows[0][0][qh], windows[0][1]
         for qw in range(stride):
             (t0w, nw, dw), low_w = windows[1][0][qw], windows[1][1]
             for u in range(nh):
                 for v in range(nw):
-                    combined[:, qh * stride + qw, :, dh - u - low_h, dw - v - low_w] = taps[:, :, t0h + stride * u, t0w + stride * v]
-    combined = combined.reshape(in_channels * phase_count, per_group, *sizes)
+                    index[qh * stride + qw, dh - u - low_h, dw - v - low_w] = (t0h + stride * u) * kernel[1] + t0w + stride * v
+    combined = recipes.gathered_taps(taps, index)
     em = ctx.em
     needed = [-(-size // stride) for size in in_size]
     pads_begin = [-low for _, low, _ in windows]
     pads_end = [max(0, n + high - o) for n, (_, _, high), o in zip(needed, windows, out_size)]
-    phased = em.op("Conv", [s, em.const(combined, "wt")], "c", group=group, pads=pads_begin + pads_end)
+    phased = em.op("Conv", [s, em.weight(combined, "wt")], "c", group=group, pads=pads_begin + pads_end)
     spread = em.op("DepthToSpace", [phased], "c", blocksize=stride, mode="CRD")
     return em.op("Slice", [spread, em.const([0, 0]), em.const(list(in_size)), em.const([2, 3])], "c")
 
 
-def _pointwise_strided_transpose(ctx: Context, s: str, weight: np.ndarray, in_size, out_size, strides, group) -> str:
+def _pointwise_strided_transpose(ctx: Context, s: str, weight: Recipe, in_size, out_size, strides, group) -> str:
     """Transpose of a strided 1x1 convolution: the 1x1 transpose at the output resolution, then
     zeros interleaved to the input resolution (no ConvTranspose, no wasted multiplications)."""
     em = ctx.em
     rank = len(in_size)
-    small = em.op("Conv", [s, em.const(_group_transposed(weight, group, flip=False), "wt")], "c", group=group)
+    small = em.op("Conv", [s, em.weight(recipes.group_transposed(weight, group, flip=False), "wt")], "c", group=group)
     spread = _interleave(ctx, small, weight.shape[1] * group, out_size, strides)
     return em.op("Slice", [spread, em.const([0] * rank), em.const(list(in_size)), em.const(list(range(2, 2 + rank)))], "c")
 
 
-def same_padding_transpose(ctx: Context, node: Node, s: str, weight: np.ndarray, strides, dilations, group) -> str:
+def same_padding_transpose(ctx: Context, node: Node, s: str, weight: Recipe, strides, dilations, group) -> str:
     """Transpose of a Conv with ``auto_pad=SAME_*`` on a dynamic spatial size.
 
     The full ConvTranspose (no padding) is cut from the runtime begin padding
@@ -238,7 +229,7 @@ def same_padding_transpose(ctx: Context, node: Node, s: str, weight: np.ndarray,
     kernel = list(weight.shape[2:])
     rank = len(kernel)
     x = node.inputs[0]
-    full = em.op("ConvTranspose", [s, em.const(weight, "w")], "c", strides=strides, dilations=dilations, group=group, pads=[0] * (2 * rank))
+    full = em.op("ConvTranspose", [s, em.weight(weight, "w")], "c", strides=strides, dilations=dilations, group=group, pads=[0] * (2 * rank))
     size = ctx.spatial_size(x)
     stride = em.const(np.array(strides, np.int64))
     out = em.op("Div", [em.op("Add", [size, em.const(np.array(strides, np.int64) - 1)]), stride], "out_size")
@@ -272,20 +263,20 @@ class DenseMap:
         shape = ctx.graph.shape(node.inputs[0])
         self.two_d = shape is not None and len(shape) == 2
 
-    def forward(self, x: str, weight: np.ndarray, bias: np.ndarray) -> str:
+    def forward(self, x: str, weight: Recipe, bias: np.ndarray) -> str:
         em = self.ctx.em
         has_bias = bool(np.any(bias != 0))
         if self.two_d:
-            inputs = [x, em.const(weight, "w")] + ([em.const(bias, "b")] if has_bias else [])
+            inputs = [x, em.weight(weight, "w")] + ([em.const(bias, "b")] if has_bias else [])
             return em.op("Gemm", inputs, "z")
-        z = em.op("MatMul", [x, em.const(weight, "w")], "z")
+        z = em.op("MatMul", [x, em.weight(weight, "w")], "z")
         return em.op("Add", [z, em.const(bias, "b")], "z") if has_bias else z
 
-    def transpose(self, s: str, weight: np.ndarray) -> str:
+    def transpose(self, s: str, weight: Recipe) -> str:
         em = self.ctx.em
         if self.two_d:
-            return em.op("Gemm", [s, em.const(weight, "w")], "c", transB=1)
-        return em.op("MatMul", [s, em.const(np.ascontiguousarray(weight.T), "wt")], "c")
+            return em.op("Gemm", [s, em.weight(weight, "w")], "c", transB=1)
+        return em.op("MatMul", [s, em.weight(recipes.transposed(weight, (1, 0)), "wt")], "c")
 
 
 def _term_input(ctx: Context, node: Node, kind: str, cache: dict) -> str:
@@ -330,7 +321,7 @@ def emit_linear_rule(ctx: Context, node: Node, relevance: str, rule: LinearRule,
     for term in terms:
         key = (term.weight, term.bias)
         if key not in params:
-            params[key] = (term.weight(weight, rule.gamma), term.bias(bias, rule.gamma))
+            params[key] = (recipes.modified(weight, term.weight, rule.gamma), term.bias(bias, rule.gamma))
         if term.input == "x" and term.weight is keep and term.bias is keep:
             outputs.append(ctx.fwd(node.outputs[0]))  # the forward already computed it
         else:

@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import numpy as np
 
 from sglrp_onnx.cli.explain_output import (
     ResultsFile,

@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
-
 from sglrp_onnx.cli.explain_output import (
     ResultsFile,
     error_record,

@@ -36,7 +36,7 @@ $(VENV)/.eval: $(VENV)/.core
 	touch $@
 
 ## make evaluate: LRP, CLRP, SGLRP and baselines measured on two-object photos -> docs/evaluation.md
-## (pretrained EfficientNet-Lite0, scikit-image photos; 17.5 CPU-minutes, measured in docs/evaluation.md;
+## (pretrained EfficientNet-Lite0, scikit-image photos; 6.5 minutes on 2 idle cores, docs/evaluation.md;
 ## the full output, with every case's metrics and curves, goes to build/evaluation/out/)
 evaluate: $(VENV)/.eval
 	$(PY) tools/evaluate.py

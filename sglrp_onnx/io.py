@@ -453,13 +453,18 @@ def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
         raise OutputError(f"{target}: is a folder; give the path of the file to write")
     if (target.exists() or target.is_symlink()) and not force:
         raise OutputError(f"{target}: already exists (use --force / force=True to overwrite)")
+    check_parent_writable(target)
+    return target
+
+
+def check_parent_writable(target: Path) -> None:
+    """Raise :class:`OutputError` unless the folder that is to hold ``target`` exists and is writable."""
     folder = target.parent
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise OutputError(f"{target}: cannot write: the folder '{folder}' {what}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{target}: cannot write into the folder '{folder}': permission denied")
-    return target
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | Iterable[bytes], force: bool = False) -> Path:

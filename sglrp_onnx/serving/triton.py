@@ -350,12 +350,9 @@ def check_new_folder(target: Path) -> None:
             f"{target}: already exists; give a new folder (to add a model to an existing repository, "
             "write it to a new folder and move its model folder in)"
         )
-    parent = target.parent
-    if not parent.is_dir():
-        what = "is not a folder" if parent.exists() else "does not exist"
-        raise OutputError(f"{target}: cannot write: the folder '{parent}' {what}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{target}: cannot write into the folder '{parent}': permission denied")
+    from sglrp_onnx.io import check_parent_writable
+
+    check_parent_writable(target)
 
 
 def _write_model(folder: Path, version: int, model: onnx.ModelProto, config: TritonConfig) -> None:

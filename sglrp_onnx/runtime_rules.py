@@ -82,8 +82,11 @@ def main_opset(model: onnx.ModelProto) -> int:
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every tensor of the model (after shape inference)."""
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    """Element type of every tensor of the model (after shape inference, run on the model's
+    skeleton: the weights' values are not needed, and copying them would cost the model's size)."""
+    from sglrp_onnx.skeleton import skeleton
+
+    inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False)
     graph = inferred.graph
     types = {t.name: t.data_type for t in graph.initializer}
     for info in list(graph.input) + list(graph.output) + list(graph.value_info):

@@ -16,6 +16,8 @@ from onnx import helper, numpy_helper
 
 from sglrp_onnx.graph import Graph
 
+from .support import RelevanceSupport
+
 PREFIX = "sglrp/"
 
 #: ``value`` attribute of a ConstantOfShape that fills with float32 ones.
@@ -186,6 +188,23 @@ class Context:
         """A shape for Reshape: ``[-1, *dims[1:]]`` of ``tensor`` (static where known)."""
         return self._shape_with_batch(tensor, -1)
 
+    def reshape_batched(self, relevance: str, like: str, source: str) -> str:
+        """Reshape ``relevance`` (shaped like the forward tensor ``source``) to the shape of ``like``.
+
+        Where both tensors have the dynamic batch on axis 0 and the same number of elements per
+        sample, the target shape copies axis 0 (``0``) instead of inferring it (``-1``): shape
+        inference then keeps the batch dimension's name, which ONNX Runtime needs to prove two
+        relevance tensors equal in shape and keep them in its blocked (NCHWc) layout."""
+        shape, source_shape = self.graph.shape(like), self.graph.shape(source)
+        if (shape is not None and source_shape is not None and shape and source_shape
+                and shape[0] is None and source_shape[0] is None
+                and all(d is not None for d in list(shape[1:]) + list(source_shape[1:]))
+                and int(np.prod(shape[1:])) == int(np.prod(source_shape[1:]))):
+            target = self.em.const(np.array([0, *shape[1:]], dtype=np.int64), "shape")
+        else:
+            target = self.batch_shape(like)
+        return self.em.op("Reshape", [relevance, target], "r")
+
     def sample_shape(self, tensor: str) -> str:
         """``[1, *dims[1:]]`` of ``tensor``: the shape of one sample."""
         return self._shape_with_batch(tensor, 1)
@@ -198,6 +217,26 @@ class Context:
         return self.em.op("ConstantOfShape", [self.sample_shape(tensor)], "ones", value=ONE)
 
     # ------------------------------------------------------------------ arithmetic
+
+    @functools.cached_property
+    def support(self) -> RelevanceSupport:
+        """Where relevance provably vanishes (:mod:`.support`): lets stabilisers skip the sign test."""
+        return RelevanceSupport(self.graph, self.rules, self.nonnegative, self.computed_inputs)
+
+    def stabilize_forward(self, tensor: str, eps: float) -> str:
+        """``stab(t)`` of the forward tensor ``t`` as a relevance quotient's denominator.
+
+        Where ``t >= 0`` always, that is ``t + eps``. Where the relevance divided by it vanishes
+        wherever ``t <= 0``, ``max(t, 0) + eps`` gives the same quotient (:mod:`.support`); the
+        forward's own ReLU of ``t`` is that maximum when there is one. Otherwise Zennit's
+        signed stabiliser (:meth:`stabilize`)."""
+        if tensor in self.nonnegative:
+            return self.em.op("Add", [self.fwd(tensor), self.em.const(np.float32(eps))], "stab")
+        if self.support.vanishes_at_nonpositive(tensor):
+            relu = self.support.relu_consumer(tensor)
+            positive = self.fwd(relu) if relu is not None else self.em.op("Relu", [self.fwd(tensor)], "zpos")
+            return self.em.op("Add", [positive, self.em.const(np.float32(eps))], "stab")
+        return self.stabilize(self.fwd(tensor), eps)
 
     def stabilize(self, z: str, eps: float) -> str:
         """Zennit's stabiliser: ``z + eps`` where ``z >= 0``, ``z - eps`` where ``z < 0``."""
@@ -222,8 +261,8 @@ class Context:
 
     def quotient(self, relevance: str, node) -> str:
         """``R / stab(y)`` for the output ``y`` of ``node``, with the node's stabiliser."""
-        y = self.fwd(node.outputs[0])
-        return self.em.op("Div", [relevance, self.stabilize(y, self.node_stabilizer(node))], "s")
+        denominator = self.stabilize_forward(node.outputs[0], self.node_stabilizer(node))
+        return self.em.op("Div", [relevance, denominator], "s")
 
     def add_all(self, terms: list[str], hint: str = "sum") -> str:
         if len(terms) == 1:

@@ -287,7 +287,7 @@ def _term_input(ctx: Context, node: Node, kind: str, cache: dict) -> str:
     if kind == "x":
         value = ctx.fwd(x)
     elif kind == "pos":
-        value = em.op("Relu", [ctx.fwd(x)], "xpos")
+        value = ctx.fwd(x) if x in ctx.nonnegative else em.op("Relu", [ctx.fwd(x)], "xpos")
     elif kind == "neg":
         value = em.op("Min", [ctx.fwd(x), em.const(np.float32(0))], "xneg")
     elif kind == "ones":
@@ -300,6 +300,11 @@ def _term_input(ctx: Context, node: Node, kind: str, cache: dict) -> str:
         value = em.op("Expand", [em.const(array, kind), ctx.sample_shape(x)], kind)
     cache[kind] = value
     return value
+
+
+def _is_forward(term) -> bool:
+    """Whether a term is the layer itself on its input: its output is the forward's own tensor."""
+    return term.input == "x" and term.weight is keep and term.bias is keep
 
 
 def _never_negative(ctx: Context, node: Node, term) -> bool:
@@ -318,24 +323,35 @@ def emit_linear_rule(ctx: Context, node: Node, relevance: str, rule: LinearRule,
     inputs: dict[str, str] = {}
     params: dict[tuple, tuple] = {}
     outputs: list[str] = []
+    groups = sorted({t.group for t in terms})
+    members = {group: [t for t in terms if t.group == group] for group in groups}
+    # A group of one never-negative term: its stabiliser ``z + eps`` is folded into the bias.
+    biased = {id(g[0]) for g in members.values() if len(g) == 1 and not _is_forward(g[0]) and _never_negative(ctx, node, g[0])}
     for term in terms:
         key = (term.weight, term.bias)
         if key not in params:
             params[key] = (recipes.modified(weight, term.weight, rule.gamma), term.bias(bias, rule.gamma))
-        if term.input == "x" and term.weight is keep and term.bias is keep:
+        if _is_forward(term):
             outputs.append(ctx.fwd(node.outputs[0]))  # the forward already computed it
         else:
             w_k, b_k = params[key]
+            if id(term) in biased:
+                b_k = (b_k + np.float32(rule.stabilizer)).astype(np.float32)
             outputs.append(layer.forward(_term_input(ctx, node, term.input, inputs), w_k, b_k))
-    groups = sorted({t.group for t in terms})
     quotients = {}
     for group in groups:
-        members = [ctx.scale(z, t.sign, "signed") for t, z in zip(terms, outputs) if t.group == group]
-        total = ctx.add_all(members, "zsum")
-        if all(_never_negative(ctx, node, t) for t in terms if t.group == group):
-            denominator = em.op("Add", [total, em.const(np.float32(rule.stabilizer))], "stab")
+        group_outputs = [z for t, z in zip(terms, outputs) if t.group == group]
+        if id(members[group][0]) in biased:
+            denominator = group_outputs[0]
+        elif len(members[group]) == 1 and _is_forward(members[group][0]) and members[group][0].sign > 0:
+            denominator = ctx.stabilize_forward(node.outputs[0], rule.stabilizer)
         else:
-            denominator = ctx.stabilize(total, rule.stabilizer)
+            signed = [ctx.scale(z, t.sign, "signed") for t, z in zip(members[group], group_outputs)]
+            total = ctx.add_all(signed, "zsum")
+            if all(_never_negative(ctx, node, t) for t in members[group]):
+                denominator = em.op("Add", [total, em.const(np.float32(rule.stabilizer))], "stab")
+            else:
+                denominator = ctx.stabilize(total, rule.stabilizer)
         numerator = relevance
         mask = rule.masks[group] if group < len(rule.masks) else "all"
         if mask != "all":

@@ -76,7 +76,7 @@ def backward_constant_affine(ctx: Context, node: Node, relevance_out: list) -> l
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def backward_reshape(ctx: Context, node: Node, relevance_out: list) -> list:
     x = node.inputs[0]
-    reshaped = ctx.em.op("Reshape", [relevance_out[0], ctx.batch_shape(x)], "r")
+    reshaped = ctx.reshape_batched(relevance_out[0], x, node.outputs[0])
     return [reshaped] + [None] * (len(node.inputs) - 1)
 
 

@@ -1,0 +1,120 @@
+"""Where relevance is known to vanish: a static analysis that lets stabilisers drop their sign test.
+
+Zennit's stabiliser ``stab(z) = z + eps * (1 if z >= 0 else -1)`` costs a comparison and a
+``Where`` over the whole tensor. Where the relevance divided by ``stab(z)`` is zero at every
+position with ``z <= 0``, the quotient does not depend on the denominator there (as long as it is
+finite and non-zero), so ``max(z, 0) + eps`` gives the same quotient everywhere, bit for bit: it
+equals ``stab(z)`` wherever ``z >= 0``. In a ReLU network ``max(z, 0)`` is the forward's own ReLU
+output, so the stabiliser becomes one ``Add`` of a tensor the forward already computed.
+
+The analysis walks the canonical graph backwards and proves, per tensor ``t``:
+
+- *vanishes at zero*: the relevance of ``t`` is 0 wherever ``t == 0``; true when every consumer
+  that gives ``t`` relevance gives it in the form ``t * (finite)`` (linear rules whose reducer
+  multiplies by the layer input or its positive / negative part, ``norm`` sums and pools,
+  products), or moves ``t``'s values and relevance together (shape operations, winner-take-all
+  MaxPool, activations with ``f(0) = 0``, multiplication by a constant) to a tensor that vanishes
+  at zero itself;
+- *vanishes at non-positive*: the relevance of ``t`` is 0 wherever ``t <= 0``; true when every
+  such consumer is a ReLU whose output vanishes at zero, or when ``t`` is non-negative and
+  vanishes at zero.
+
+The start relevance at the logits vanishes nowhere. Anything the analysis does not know is
+assumed not to vanish, which only keeps the full stabiliser.
+"""
+
+from __future__ import annotations
+
+from sglrp_onnx.graph import Graph, Node
+from sglrp_onnx.rules import LinearRule, SimpleRule
+
+#: Ops whose backward gives each input ``input * (something finite)``.
+PROPORTIONAL = ("AveragePool", "GlobalAveragePool", "MatMul", "Einsum")
+#: Ops that move values and their relevance together: relevance at a position comes from the
+#: output positions that hold the same value.
+MOVES_VALUES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Concat", "Split", "Slice", "Pad",
+                "MaxPool")
+#: Activations with ``f(0) == 0`` whose relevance passes unchanged.
+ZERO_AT_ZERO = ("Relu", "LeakyRelu", "PRelu", "Neg", "Abs", "Tanh")
+#: Term inputs that are zero where the layer input is zero.
+ZERO_WITH_INPUT = ("x", "pos", "neg")
+
+
+class RelevanceSupport:
+    """Answers :meth:`vanishes_at_nonpositive` for tensors of the canonical graph (memoised)."""
+
+    def __init__(self, graph: Graph, rules: dict, nonnegative: set[str], computed_inputs):
+        self.graph, self.rules, self.nonnegative = graph, rules, nonnegative
+        self._computed_inputs = computed_inputs
+        self._consumers: dict[str, list[Node]] = {}
+        for node in graph.nodes:
+            for name in node.inputs:
+                if name:
+                    self._consumers.setdefault(name, []).append(node)
+        self._at_zero: dict[str, bool] = {}
+
+    def relu_consumer(self, tensor: str) -> str | None:
+        """Output of a ReLU that reads ``tensor`` (that is ``max(tensor, 0)``), if there is one."""
+        for node in self._consumers.get(tensor, []):
+            if node.op_type == "Relu" and node.inputs[0] == tensor:
+                return node.outputs[0]
+        return None
+
+    def vanishes_at_nonpositive(self, tensor: str) -> bool:
+        """Whether the relevance of ``tensor`` is 0 wherever ``tensor <= 0``."""
+        if tensor == self.graph.logits:
+            return False
+        if tensor in self.nonnegative and self.vanishes_at_zero(tensor):
+            return True
+        return all(self._reads_relevance(node, tensor) is False
+                   or (node.op_type == "Relu" and node.inputs[0] == tensor and self.vanishes_at_zero(node.outputs[0]))
+                   for node in self._consumers.get(tensor, []))
+
+    def vanishes_at_zero(self, tensor: str) -> bool:
+        """Whether the relevance of ``tensor`` is 0 wherever ``tensor == 0``."""
+        if tensor not in self._at_zero:
+            self._at_zero[tensor] = False  # a cycle cannot occur; this only guards recursion
+            self._at_zero[tensor] = tensor != self.graph.logits and all(
+                self._consumer_vanishes_at_zero(node, tensor) for node in self._consumers.get(tensor, []))
+        return self._at_zero[tensor]
+
+    def _reads_relevance(self, node: Node, tensor: str) -> bool:
+        """False where ``node`` gives ``tensor`` no relevance (a shape input, a gate)."""
+        index = node.inputs.index(tensor)
+        return index in self._computed_inputs(node)
+
+    def _outputs_vanish(self, node: Node) -> bool:
+        return all(self.vanishes_at_zero(out) for out in node.outputs if out)
+
+    def _consumer_vanishes_at_zero(self, node: Node, tensor: str) -> bool:
+        if not self._reads_relevance(node, tensor):
+            return True
+        op = node.op_type
+        computed = self._computed_inputs(node)
+        if op in ("Conv", "Dense"):
+            return self._linear_proportional(node)
+        if op in ("Add", "Sum"):
+            rule = self.rules.get(node.name)
+            return len(computed) > 1 or (rule is not None and rule.name in ("epsilon", "zero"))
+        if op == "Sub":
+            return len(computed) > 1
+        if op == "Div":
+            return computed == [0] and self._outputs_vanish(node)  # by a constant: out == 0 where tensor == 0
+        if op == "Mul":
+            # by a constant or a gate, relevance passes to a tensor that is 0 where this one is;
+            # two independent factors: the product rule gives each factor times a finite tensor
+            return self._outputs_vanish(node) or len(computed) > 1 and node.inputs[0] != node.inputs[1]
+        if op in PROPORTIONAL:
+            return True
+        if op in ("ReduceMean", "ReduceSum"):  # norm over the reduced elements, or a no-op that passes
+            return self._outputs_vanish(node) or not node.attrs.get("noop_with_empty_axes", 0)
+        if op in MOVES_VALUES or op in ZERO_AT_ZERO:
+            return self._outputs_vanish(node)
+        return False
+
+    def _linear_proportional(self, node: Node) -> bool:
+        rule = self.rules.get(node.name)
+        if isinstance(rule, SimpleRule):
+            return rule.name == "norm"  # "pass" hands the output's relevance on whatever the input
+        return (isinstance(rule, LinearRule) and rule.reducer == "input"
+                and all(term.input in ZERO_WITH_INPUT for term in rule.terms))

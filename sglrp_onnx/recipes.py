@@ -1,7 +1,7 @@
 """Weights of the relevance part as recipes over the model's own constant tensors.
 
 A rule's modified weights (``W+``, ``W-``, ``W + gamma W+``, ``W * W``), the kernels that the
-transposes use as Conv weights (flipped, group-transposed, polyphase) and a canonical weight with
+transposes use as Conv weights (flipped, group-transposed) and a canonical weight with
 a BatchNormalization folded in are all functions of the model's initializers. Stored as new
 initializers, they made the converted file 2.8x the original (ResNet-50), 3x for VGG-16. A
 :class:`Recipe` records instead how such a tensor derives from a named constant tensor of the
@@ -160,29 +160,3 @@ def group_transposed(recipe: Recipe, group: int, flip: bool = True) -> Recipe:
     split = reshaped(recipe, (group, per_group, in_per_group, *kernel))
     swapped = transposed(split, (0, 2, 1, *range(3, split.ndim)))
     return reshaped(swapped, target)
-
-
-def gathered_taps(recipe: Recipe, index: np.ndarray) -> Recipe:
-    """Polyphase kernels from ``recipe`` ``[C, P, *k]`` (``P`` channels per group of the transposed
-    kernel): ``out[c * phases + q, p, *pos] = recipe[c, p, tap]`` with ``tap = index[q, *pos]``
-    a flat spatial tap of the kernel, or the zero tap ``prod(k)``. One Gather over the flattened
-    kernel (padded with a zero tap) and a Transpose."""
-    channels, per_group, *kernel = recipe.shape
-    taps = int(np.prod(kernel))
-    phases, window = index.shape[0], index.shape[1:]
-    index = np.ascontiguousarray(index, np.int64)
-    shape = (channels * phases, per_group, *window)
-    spatial = tuple(range(3, 3 + len(window)))
-
-    def evaluate(w):
-        flat = np.concatenate([w.reshape(channels, per_group, taps), np.zeros((channels, per_group, 1))], axis=2)
-        return np.transpose(flat[:, :, index], (0, 2, 1, *spatial)).reshape(shape)
-
-    def emit(em, w) -> str:
-        flat = em.op("Reshape", [w, em.const(np.array([channels, per_group, taps], np.int64))], "w")
-        flat = em.op("Pad", [flat, em.const(np.array([0, 0, 0, 0, 0, 1], np.int64))], "w")
-        picked = em.op("Gather", [flat, em.const(index)], "w", axis=2)
-        picked = em.op("Transpose", [picked], "w", perm=[0, 2, 1, *spatial])
-        return em.op("Reshape", [picked, em.const(np.array(shape, np.int64))], "w")
-
-    return Recipe("taps", ("taps", recipe.key, index.shape, index.tobytes()), shape, (recipe,), evaluate, emit)

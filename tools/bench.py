@@ -8,8 +8,9 @@ epsilon) this measures, in one run with the same ONNX Runtime session options fo
   the original and the converted file size;
 - session load time and session peak memory of the original and the converted model (a child
   process per model: load, one run at batch 1, ``ru_maxrss``);
-- time per run of the forward model and of the augmented one at each batch size, interleaved
-  (forward, augmented, forward, ...) so that a loaded machine slows both alike; min and median;
+- time per run of the forward model and of the augmented one at each batch size, in alternating
+  blocks of runs (each block after an untimed run) so that a loaded machine slows both alike;
+  min and median;
 - Zennit's time for the same torch model and composite (dtd: ZBox on the first convolution,
   ZPlus on the other convolutions and the linear layers, Zennit's ResNet / VGG canonizers or
   merged BatchNorms for MobileNetV2), same threads, where torch and zennit are installed.
@@ -205,16 +206,21 @@ def zennit_times(name: str, batches, repeats: int, threads: int, device: str, si
 # ---------------------------------------------------------------------------- timing
 
 
-def interleaved(sessions: list, feeds: list, repeats: int) -> list[list[float]]:
-    """Seconds per run of each session, the sessions taking turns (one warm-up run each)."""
-    for sess, feed in zip(sessions, feeds):
-        sess.run(None, feed)
+def alternating_blocks(sessions: list, feeds: list, repeats: int, block: int = 3) -> list[list[float]]:
+    """Seconds per run of each session: the sessions take turns in blocks of ``block`` timed runs,
+    ``repeats`` runs each in all, so that a loaded machine slows both alike. Each block starts
+    with an untimed run: right after another session has run, that session's ONNX Runtime pool
+    threads still spin and its tensors fill the caches, which slowed the first run after a switch
+    by up to 2x for the forward models here (MobileNetV2 at batch 8: 49 ms taking turns run by
+    run vs 25 ms in blocks); a deployed model does not share its process with another."""
     times = [[] for _ in sessions]
-    for _ in range(repeats):
+    while len(times[0]) < repeats:
         for k, (sess, feed) in enumerate(zip(sessions, feeds)):
-            started = time.perf_counter()
             sess.run(None, feed)
-            times[k].append(time.perf_counter() - started)
+            for _ in range(min(block, repeats - len(times[k]))):
+                started = time.perf_counter()
+                sess.run(None, feed)
+                times[k].append(time.perf_counter() - started)
     return times
 
 
@@ -231,7 +237,7 @@ def bench_model(name: str, source: Path, args, folder: Path) -> dict:
         augmented = session(str(target), args.threads, args.device)
         entry["batches"] = {}
         for batch in args.batches:
-            runs = interleaved([forward, augmented], [feeds_for(forward, batch, args.size), feeds_for(augmented, batch, args.size)], args.repeats)
+            runs = alternating_blocks([forward, augmented], [feeds_for(forward, batch, args.size), feeds_for(augmented, batch, args.size)], args.repeats)
             fwd, aug = min(runs[0]), min(runs[1])
             entry["batches"][batch] = {
                 "forward_s": fwd, "augmented_s": aug, "ratio": aug / fwd,
@@ -281,7 +287,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"Measured {m['date']} on {m.get('cpu', '?')} ({m['cpus']} CPUs), {m['platform']}; ONNX Runtime {m['onnxruntime']}"
         + (f", torch {m['torch']}" if "torch" in m else "") + f"; device {a['device']}, {a['threads'] or 'default'} intra-op threads, "
-        f"min of {a['repeats']} interleaved runs; load average at the start {m.get('load_average', '?')}.",
+        f"min of {a['repeats']} runs in alternating blocks of 3 (each after an untimed run); load average at the start {m.get('load_average', '?')}.",
         "",
     ]
     per_s = a["device"] == "cuda"

@@ -14,7 +14,7 @@ from sglrp_onnx import recipes
 from sglrp_onnx.errors import UnsupportedModelError
 from sglrp_onnx.graph import Node
 from sglrp_onnx.recipes import Recipe
-from sglrp_onnx.rules import LinearRule, SimpleRule, keep, ones, positive, square, zero, zero_rule
+from sglrp_onnx.rules import LinearRule, SimpleRule, keep, negative, positive, zero_rule
 
 from .builder import Context
 from .registry import register
@@ -23,6 +23,10 @@ from .registry import register
 #: Emit transposes as Conv where that is faster (see :func:`conv_transpose`); the tests turn it off
 #: to compare both forms.
 TRANSPOSE_AS_CONV = True
+
+#: Term inputs that do not depend on the image (zbox bounds, ones): the modified forwards of such
+#: terms are constants that ONNX Runtime folds at load.
+CONSTANT_INPUTS = ("low", "high", "ones")
 
 
 class ConvMap:
@@ -56,11 +60,10 @@ class ConvMap:
 def conv_transpose(ctx: Context, x: str, y: str, s: str, weight: Recipe | np.ndarray, strides, dilations, pads, group) -> str:
     """The transpose of a convolution applied to ``s`` (shaped like ``y``), shaped like ``x``.
 
-    With static spatial sizes, ONNX Runtime's Conv kernels beat its ConvTranspose, so: stride-1
-    convolutions are transposed as a Conv with the flipped, group-transposed kernel; strided 1x1
-    ones as a 1x1 Conv plus zero interleaving; strided grouped (depthwise) ones as one polyphase
-    Conv plus DepthToSpace. Dense strided ones, where ConvTranspose measured faster, and the rest
-    use a ConvTranspose with symmetric pads only (see :func:`_symmetric_conv_transpose`), so that
+    With static spatial sizes, ONNX Runtime's Conv kernels beat its ConvTranspose at stride 1, so
+    stride-1 convolutions are transposed as a Conv with the flipped, group-transposed kernel, and
+    grouped strided ones as zeros interleaved plus that Conv. Dense strided ones, where
+    ConvTranspose measured faster, and the rest use a ConvTranspose with symmetric pads only (see :func:`_symmetric_conv_transpose`), so that
     ONNX Runtime's CUDA provider keeps it on the GPU.
     """
     if isinstance(weight, np.ndarray):  # a kernel the engine made (average pooling's)
@@ -121,19 +124,23 @@ def _transpose_as_conv(ctx: Context, s: str, weight: Recipe, in_size, out_size, 
     """``ConvTranspose`` rewritten as ``Conv`` (see :func:`conv_transpose`), or None where unfit."""
     rank = len(in_size)
     kernel = list(weight.shape[2:])
-    pointwise = all(k == 1 for k in kernel) and not any(begin)
-    if pointwise and any(st != 1 for st in strides):
-        return _pointwise_strided_transpose(ctx, s, weight, in_size, out_size, strides, group)
-    if any(st != 1 for st in strides) and group == 1:
-        return None  # dense strided: ConvTranspose measured faster (ResNet-50: 4.1x vs 5.4x the forward)
+    em = ctx.em
     if any(st != 1 for st in strides):
-        return _polyphase_transpose(ctx, s, weight, in_size, out_size, strides, dilations, begin, group)
+        if group == 1:
+            # dense strided, 1x1 too: ConvTranspose measured faster than a polyphase Conv or a 1x1
+            # Conv with zeros interleaved (ResNet-50's shapes: 9-11 ms vs 11-27 ms at batch 8)
+            return None
+        # grouped (depthwise) strided: zeros interleaved, then the stride-1 transpose below, whose
+        # wasted multiplications cost little at one input channel per group: faster than ONNX
+        # Runtime's grouped ConvTranspose (MobileNetV2's 96-channel layer at batch 8: 10.6 vs
+        # 16.7 ms) and than a polyphase Conv + DepthToSpace (28 ms)
+        s = _interleave(ctx, s, weight.shape[0], strides)
+        out_size = [(o - 1) * st + 1 for o, st in zip(out_size, strides)]
     # stride 1: a Conv of s with the flipped kernel, padded so that its output has the input's size
     pads_begin = [dilations[i] * (kernel[i] - 1) - begin[i] for i in range(rank)]
     pads_end = [in_size[i] - out_size[i] + begin[i] for i in range(rank)]
     if any(p < 0 for p in pads_begin):
         return None
-    em = ctx.em
     u = s
     if any(p < 0 for p in pads_end):  # outputs beyond the input's size are cut off
         ends = [o + min(p, 0) for o, p in zip(out_size, pads_end)]
@@ -143,79 +150,12 @@ def _transpose_as_conv(ctx: Context, s: str, weight: Recipe, in_size, out_size, 
     return em.op("Conv", [u, em.weight(transposed, "wt")], "c", dilations=dilations, group=group, pads=pads_begin + pads_end)
 
 
-def _interleave(ctx: Context, u: str, channels: int, size, strides) -> str:
-    """Put ``stride - 1`` zeros after every element along each spatial axis (batch kept dynamic)."""
-    em = ctx.em
-    rank = len(size)
-    split_shape = [0, channels]
-    for extent in size:
-        split_shape += [extent, 1]
-    u = em.op("Reshape", [u, em.const(np.array(split_shape, np.int64))], "u")
-    pads = [0] * (2 + 2 * rank) * 2
-    for i, st in enumerate(strides):
-        pads[(2 + 2 * rank) + 3 + 2 * i] = st - 1
-    u = em.op("Pad", [u, em.const(np.array(pads, np.int64))], "u")
-    return em.op("Reshape", [u, em.const(np.array([0, channels, *[e * st for e, st in zip(size, strides)]], np.int64))], "u")
-
-
-def _polyphase_transpose(ctx: Context, s: str, weight: Recipe, in_size, out_size, strides, dilations, begin, group):
-    """Transpose of a strided 2-D convolution as one Conv at the output resolution + DepthToSpace.
-
-    Output position ``i = S*m + q`` of the transpose only meets the kernel taps ``t = t0 + S*u``
-    with ``t0 = (q + pad) mod S``: ``c[S*m + q] = sum_u s[m + delta - u] * W[t0 + S*u]`` with
-    ``delta = (q + pad - t0) / S``. Each of the S*S phases is thus a small convolution of ``s``; one
-    Conv with S*S output channels per input channel computes them all (kernels zero-padded to a
-    common window), and DepthToSpace (CRD) interleaves the phases. Returns None where unfit
-    (not 2-D, unequal strides, dilations, or padding beyond the kernel).
-    """
-    rank = len(in_size)
-    if rank != 2 or len(set(strides)) != 1 or any(d != 1 for d in dilations):
-        return None
-    stride = strides[0]
-    kernel = list(weight.shape[2:])
-    taps = recipes.group_transposed(weight, group, flip=False)  # [C_in, C_out / group, *kernel]
-    windows = []
-    for axis in range(rank):
-        phases = []
-        for q in range(stride):
-            t0 = (q + begin[axis]) % stride
-            count = max(0, -(-(kernel[axis] - t0) // stride))
-            phases.append((t0, count, (q + begin[axis] - t0) // stride))
-        used = [p for p in phases if p[1] > 0]
-        low = min(d - n + 1 for _, n, d in used)
-        high = max(d for _, _, d in used)
-        if low > 0:
-            return None
-        windows.append((phases, low, high))
-    sizes = [high - low + 1 for _, low, high in windows]
-    # index[phase, i, j]: the flat kernel tap at window position (i, j) of that phase, or the
-    # zero tap kernel[0] * kernel[1] where the phase meets no tap
-    index = np.full((stride * stride, *sizes), kernel[0] * kernel[1], np.int64)
-    for qh in range(stride):
-        (t0h, nh, dh), low_h = windows[0][0][qh], windows[0][1]
-        for qw in range(stride):
-            (t0w, nw, dw), low_w = windows[1][0][qw], windows[1][1]
-            for u in range(nh):
-                for v in range(nw):
-                    index[qh * stride + qw, dh - u - low_h, dw - v - low_w] = (t0h + stride * u) * kernel[1] + t0w + stride * v
-    combined = recipes.gathered_taps(taps, index)
-    em = ctx.em
-    needed = [-(-size // stride) for size in in_size]
-    pads_begin = [-low for _, low, _ in windows]
-    pads_end = [max(0, n + high - o) for n, (_, _, high), o in zip(needed, windows, out_size)]
-    phased = em.op("Conv", [s, em.weight(combined, "wt")], "c", group=group, pads=pads_begin + pads_end)
-    spread = em.op("DepthToSpace", [phased], "c", blocksize=stride, mode="CRD")
-    return em.op("Slice", [spread, em.const([0, 0]), em.const(list(in_size)), em.const([2, 3])], "c")
-
-
-def _pointwise_strided_transpose(ctx: Context, s: str, weight: Recipe, in_size, out_size, strides, group) -> str:
-    """Transpose of a strided 1x1 convolution: the 1x1 transpose at the output resolution, then
-    zeros interleaved to the input resolution (no ConvTranspose, no wasted multiplications)."""
-    em = ctx.em
-    rank = len(in_size)
-    small = em.op("Conv", [s, em.weight(recipes.group_transposed(weight, group, flip=False), "wt")], "c", group=group)
-    spread = _interleave(ctx, small, weight.shape[1] * group, out_size, strides)
-    return em.op("Slice", [spread, em.const([0] * rank), em.const(list(in_size)), em.const(list(range(2, 2 + rank)))], "c")
+def _interleave(ctx: Context, s: str, channels: int, strides) -> str:
+    """``stride - 1`` zeros between neighbouring elements along each spatial axis: a 1x1
+    depthwise ConvTranspose with unit weights (no padding, so CUDA keeps it on the GPU)."""
+    rank = len(strides)
+    unit = np.ones([channels, 1] + [1] * rank, np.float32)
+    return ctx.em.op("ConvTranspose", [s, ctx.em.const(unit, "unit")], "u", strides=list(strides), group=channels)
 
 
 def same_padding_transpose(ctx: Context, node: Node, s: str, weight: Recipe, strides, dilations, group) -> str:
@@ -307,11 +247,26 @@ def _is_forward(term) -> bool:
     return term.input == "x" and term.weight is keep and term.bias is keep
 
 
+#: Sign of each modifier's output (+1: >= 0, -1: <= 0, 0: zero, None: either).
+_MODIFIER_SIGNS = {"positive": 1, "ones": 1, "square": 1, "negative": -1, "zero": 0}
+
+
+def _input_sign(ctx: Context, node: Node, kind: str) -> int | None:
+    if kind in ("pos", "ones") or (kind == "x" and node.inputs[0] in ctx.nonnegative):
+        return 1
+    return -1 if kind == "neg" else None
+
+
 def _never_negative(ctx: Context, node: Node, term) -> bool:
-    """Whether a term's modified output is >= 0 for every input (its stabiliser is then one Add)."""
-    nonnegative_input = term.input in ("pos", "ones") or (term.input == "x" and node.inputs[0] in ctx.nonnegative)
-    return (nonnegative_input and term.sign > 0 and term.weight in (positive, ones, square)
-            and term.bias in (positive, zero, ones, square))
+    """Whether a term's signed output ``sign * f(a_k; W_k, b_k)`` is >= 0 for every input, from
+    the signs of its input and modified parameters (z+'s ``x- W-`` term is >= 0 too), so that its
+    group's stabiliser needs no sign test."""
+    a, w = _input_sign(ctx, node, term.input), _MODIFIER_SIGNS.get(term.weight.name)
+    b = _MODIFIER_SIGNS.get(term.bias.name)
+    if a is None or w is None or b is None:
+        return False
+    direction = 1 if term.sign > 0 else -1
+    return direction * a * w >= 0 and direction * b >= 0
 
 
 def emit_linear_rule(ctx: Context, node: Node, relevance: str, rule: LinearRule, layer) -> str:
@@ -325,8 +280,10 @@ def emit_linear_rule(ctx: Context, node: Node, relevance: str, rule: LinearRule,
     outputs: list[str] = []
     groups = sorted({t.group for t in terms})
     members = {group: [t for t in terms if t.group == group] for group in groups}
-    # A group of one never-negative term: its stabiliser ``z + eps`` is folded into the bias.
-    biased = {id(g[0]) for g in members.values() if len(g) == 1 and not _is_forward(g[0]) and _never_negative(ctx, node, g[0])}
+    # A group whose terms are all >= 0 is stabilised by ``+ eps``, folded into the bias of its
+    # first term (never the forward's own output, whose sign is unknown).
+    nonnegative = {group for group, g in members.items() if all(_never_negative(ctx, node, t) for t in g)}
+    biased = {id(members[group][0]) for group in nonnegative}
     for term in terms:
         key = (term.weight, term.bias)
         if key not in params:
@@ -336,22 +293,23 @@ def emit_linear_rule(ctx: Context, node: Node, relevance: str, rule: LinearRule,
         else:
             w_k, b_k = params[key]
             if id(term) in biased:
-                b_k = (b_k + np.float32(rule.stabilizer)).astype(np.float32)
+                b_k = (b_k + np.float32(rule.stabilizer / term.sign)).astype(np.float32)
             outputs.append(layer.forward(_term_input(ctx, node, term.input, inputs), w_k, b_k))
     quotients = {}
     for group in groups:
         group_outputs = [z for t, z in zip(terms, outputs) if t.group == group]
-        if id(members[group][0]) in biased:
-            denominator = group_outputs[0]
+        if group in nonnegative:
+            signed = [ctx.scale(z, t.sign, "signed") for t, z in zip(members[group], group_outputs)]
+            denominator = ctx.add_all(signed, "stab")  # eps is in the first term's bias
         elif len(members[group]) == 1 and _is_forward(members[group][0]) and members[group][0].sign > 0:
             denominator = ctx.stabilize_forward(node.outputs[0], rule.stabilizer)
         else:
             signed = [ctx.scale(z, t.sign, "signed") for t, z in zip(members[group], group_outputs)]
-            total = ctx.add_all(signed, "zsum")
-            if all(_never_negative(ctx, node, t) for t in members[group]):
-                denominator = em.op("Add", [total, em.const(np.float32(rule.stabilizer))], "stab")
-            else:
-                denominator = ctx.stabilize(total, rule.stabilizer)
+            # terms on the bounds or on ones are constants: summed first, ONNX Runtime folds them
+            fixed = [z for t, z in zip(members[group], signed) if t.input in CONSTANT_INPUTS]
+            varying = [z for t, z in zip(members[group], signed) if t.input not in CONSTANT_INPUTS]
+            total = ctx.add_all(varying + ([ctx.add_all(fixed, "zfixed")] if fixed else []), "zsum")
+            denominator = ctx.stabilize(total, rule.stabilizer)
         numerator = relevance
         mask = rule.masks[group] if group < len(rule.masks) else "all"
         if mask != "all":
@@ -359,17 +317,35 @@ def emit_linear_rule(ctx: Context, node: Node, relevance: str, rule: LinearRule,
             selected = em.op(compare, [ctx.fwd(node.outputs[0]), em.const(np.float32(0))], "mask")
             numerator = em.op("Where", [selected, relevance, em.const(np.float32(0))], "masked")
         quotients[group] = em.op("Div", [numerator, denominator], "s")
-    contributions = []
-    transposed: dict[tuple, str] = {}
+    # terms sharing a transpose (same group and weight) share one product with it
+    shares: dict[tuple, list] = {}
     for term in terms:
-        key = (term.group, term.weight)
-        if key not in transposed:
-            transposed[key] = layer.transpose(quotients[term.group], params[(term.weight, term.bias)][0])
-        c = transposed[key]
+        shares.setdefault((term.group, term.weight), []).append(term)
+    if rule.reducer == "input":
+        _split_unmodified(shares)
+    modified_weights = {modifier: recipe for (modifier, _), (recipe, _) in params.items()}
+    contributions = []
+    for (group, modifier), sharing in shares.items():
+        c = layer.transpose(quotients[group], modified_weights[modifier])
         if rule.reducer == "input":
-            c = ctx.mul(_term_input(ctx, node, term.input, inputs), c, "r")
-        contributions.append(ctx.scale(c, term.coef, "r"))
+            factor = ctx.add_all([ctx.scale(_term_input(ctx, node, t.input, inputs), t.coef, "a") for t in sharing], "a")
+            contributions.append(ctx.mul(factor, c, "r"))
+        else:
+            contributions.append(ctx.scale(c, sum(t.coef for t in sharing), "r"))
     return ctx.add_all(contributions, "r")
+
+
+def _split_unmodified(shares: dict) -> None:
+    """Drop the transpose by ``W`` where the same group also transposes by ``W+`` and ``W-``.
+
+    ``W^T s = W+^T s + W-^T s``, so a term ``a * W^T s`` joins both other products: zbox's
+    ``x W^T s - l W+^T s - h W-^T s`` becomes ``(x - l) W+^T s + (x - h) W-^T s``, two
+    transposes instead of three."""
+    for group in {g for g, _ in shares}:
+        if all((group, m) in shares for m in (keep, positive, negative)):
+            unmodified = shares.pop((group, keep))
+            shares[(group, positive)] = shares[(group, positive)] + unmodified
+            shares[(group, negative)] = shares[(group, negative)] + unmodified
 
 
 @register("Conv", "Dense")

@@ -16,8 +16,8 @@ The analysis walks the canonical graph backwards and proves, per tensor ``t``:
   MaxPool, activations with ``f(0) = 0``, multiplication by a constant) to a tensor that vanishes
   at zero itself;
 - *vanishes at non-positive*: the relevance of ``t`` is 0 wherever ``t <= 0``; true when every
-  such consumer is a ReLU whose output vanishes at zero, or when ``t`` is non-negative and
-  vanishes at zero.
+  such consumer is a ReLU (or a Clip from 0, ReLU6) whose output vanishes at zero, or when ``t``
+  is non-negative and vanishes at zero.
 
 The start relevance at the logits vanishes nowhere. Anything the analysis does not know is
 assumed not to vanish, which only keeps the full stabiliser.
@@ -67,8 +67,27 @@ class RelevanceSupport:
         if tensor in self.nonnegative and self.vanishes_at_zero(tensor):
             return True
         return all(self._reads_relevance(node, tensor) is False
-                   or (node.op_type == "Relu" and node.inputs[0] == tensor and self.vanishes_at_zero(node.outputs[0]))
+                   or (self._zero_below_zero(node) and node.inputs[0] == tensor and self.vanishes_at_zero(node.outputs[0]))
                    for node in self._consumers.get(tensor, []))
+
+    def _clip_bounds(self, node: Node) -> tuple:
+        """``(min, max)`` of a Clip (attributes before opset 11, constant inputs after; None: unknown)."""
+        bounds = [node.attrs.get("min", float("-inf")), node.attrs.get("max", float("inf"))]
+        for index in (1, 2):
+            if len(node.inputs) > index and node.inputs[index]:
+                name = node.inputs[index]
+                bounds[index - 1] = float(self.graph.constants[name].reshape(-1)[0]) if self.graph.is_const(name) else None
+        return tuple(bounds)
+
+    def _zero_below_zero(self, node: Node) -> bool:
+        """Whether ``node`` is an activation whose output is 0 wherever its input is <= 0 (ReLU,
+        ReLU6 and other Clips from 0)."""
+        if node.op_type == "Relu":
+            return True
+        if node.op_type == "Clip":
+            low, high = self._clip_bounds(node)
+            return low == 0 and high is not None and high > 0
+        return False
 
     def vanishes_at_zero(self, tensor: str) -> bool:
         """Whether the relevance of ``tensor`` is 0 wherever ``tensor == 0``."""
@@ -110,6 +129,9 @@ class RelevanceSupport:
             return self._outputs_vanish(node) or not node.attrs.get("noop_with_empty_axes", 0)
         if op in MOVES_VALUES or op in ZERO_AT_ZERO:
             return self._outputs_vanish(node)
+        if op == "Clip":  # f(0) == 0 where 0 lies within the bounds
+            low, high = self._clip_bounds(node)
+            return low is not None and high is not None and low <= 0 <= high and self._outputs_vanish(node)
         return False
 
     def _linear_proportional(self, node: Node) -> bool:

@@ -260,7 +260,26 @@ def m_fold(seed):
     return b.build()
 
 
-ZOO = {"fold": m_fold, "dense_neg": m_dense_neg, "conv2d": m_conv2d, "conv1d": m_conv1d, "dense": m_dense, "layers": m_layers,
+def m_support(seed):
+    """The boundaries of the stabiliser shortcut (sglrp_onnx/emit/support.py): a residual sum
+    read by a Sigmoid (relevance does not vanish where it is <= 0: full stabiliser), one read by
+    a ReLU (it does: max(z, 0) + eps), a conv read by ReLU6 (Clip from 0), a conv read by Tanh
+    (f(0) = 0 but negative inputs keep relevance), and z+ on an input of both signs."""
+    b = netspec.NetBuilder((3, 10, 10), seed=seed)
+    h = b.relu(b.conv("input", 8, 3, pads=1, name="c1"))
+    a = b.conv(h, 8, 3, pads=1, name="c2")
+    h = b.sigmoid(b.add(h, a, name="add_sigmoid"))
+    h = b.clip6(b.conv(h, 8, 1, name="c3"))
+    c = b.conv(h, 8, 3, pads=1, name="c4")
+    h = b.relu(b.add(h, c, name="add_relu"))
+    t = b.tanh(b.conv(h, 8, 1, name="c5"))
+    t = b.conv(t, 8, 1, name="c6")  # input of both signs: z+ keeps its x- term
+    h = b.flatten(b.gap(b.relu(t)))
+    h = b.gemm(h, 6, transB=1, name="head", focus=0.3)
+    return b.build()
+
+
+ZOO = {"fold": m_fold, "support": m_support, "dense_neg": m_dense_neg, "conv2d": m_conv2d, "conv1d": m_conv1d, "dense": m_dense, "layers": m_layers,
        "layers13": functools.partial(m_layers, opset=13),
        "layers18": functools.partial(m_layers, opset=18), "pools": m_pools,
        "nhwc": m_nhwc, "nhwc_pos": functools.partial(m_nhwc, signed_pre=False),
@@ -717,7 +736,7 @@ def test_rule_parameters(seed, stabilizer, epsilon):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("key", ["layers", "layers13", "layers18", "pools", "stems", "fcn",
-                                 "logits_named", "nhwc_pos", "fold"])
+                                 "logits_named", "nhwc_pos", "fold", "support"])
 @pytest.mark.parametrize("composite", ["epsilon", "dtd", "epsilon-gamma-box"])
 def test_layers(key, composite, seed):
     x, t = all_targets(key, seed)

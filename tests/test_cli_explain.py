@@ -248,3 +248,36 @@ def test_missing_inputs_and_unreadable_image(setup, tmp_path):
     assert "bad.png" in done.stderr and "explained 1 image(s)" in done.stdout
     records = read_jsonl(out / "results.jsonl")
     assert any("error" in r for r in records) and any("explanations" in r for r in records)
+
+
+def test_compare_maps_run_in_turn_equal_maps_run_together(setup, tmp_path, monkeypatch):
+    """--compare runs the other methods first, one session at a time, and reads their maps back
+    from disk: each map equals what that method's own explainer gives for the same batch, with
+    --top-k ranks too; the maps' folder is gone afterwards."""
+    from sglrp_onnx.cli import build_parser
+    from sglrp_onnx.cli.explain import open_method, run_other_methods, stored_runs
+    from sglrp_onnx.runtime.step import explain_batch
+
+    monkeypatch.setenv("SGLRP_ONNX_CACHE", str(tmp_path / "cache"))
+    photos = sorted(setup["photos"].glob("*"))
+    args = build_parser().parse_args(["explain", str(setup["plain"]), *map(str, photos), "--preset", "imagenet",
+                                      "--compare", "--top-k", "2", "--batch-size", "2", "--out", str(tmp_path / "o")])
+    main = open_method(args, "sglrp")
+    preprocessing = main.preprocessing()
+    batches = [photos[:2], photos[2:4], photos[4:]]
+    run_other_methods(args, "sglrp", batches, preprocessing, [-1], tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == [f"{m}.{b}.npz" for m in ("clrp", "lrp") for b in range(3)]
+    for number, batch in enumerate(batches):
+        pixels, _, _ = preprocessing.fit_many(batch)
+        x = preprocessing.normalize(pixels)
+        runs = stored_runs(explain_batch(x, {"sglrp": main}, "sglrp", [-1], 2), tmp_path, number)
+        for method in ("lrp", "clrp"):
+            direct = explain_batch(x, {method: open_method(args, method)}, method, [-1], 2)
+            for rank in (0, 1):
+                np.testing.assert_array_equal(runs[rank][method].relevance, direct[rank][method].relevance)
+    out = tmp_path / "cli"
+    done = sglrp("explain", setup["plain"], *photos[:3], "--preset", "imagenet", "--compare", "--batch-size", "2",
+                 "--out", out, "--quiet", env_extra=setup["cache"])
+    assert done.returncode == 0, done.stderr
+    assert len(read_jsonl(out / "results.jsonl")) == 3
+    assert not list(out.glob(".compare-*"))

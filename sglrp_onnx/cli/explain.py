@@ -8,11 +8,16 @@ files are written by :mod:`sglrp_onnx.cli.explain_output`.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
+
+import numpy as np
 
 from sglrp_onnx.cli.explain_output import (
     ResultsFile,
@@ -240,6 +245,7 @@ def check_arguments(args) -> None:
 def open_explainers(args) -> tuple[str, dict]:
     """``(main method, {method: Explainer})``: the model's method, plus LRP/CLRP/SGLRP with --compare."""
     from sglrp_onnx.runtime import Explainer
+    from sglrp_onnx.runtime.session import shared_arena_options
 
     options = convert_options(args)
     common = dict(
@@ -248,22 +254,61 @@ def open_explainers(args) -> tuple[str, dict]:
         cache=not args.no_cache,
         placement="require" if args.verify_placement else "auto",
     )
+    if args.compare:  # the sessions of the methods are used in turn: one CPU arena (shared_arena_options)
+        common["session_options"] = shared_arena_options()
     explainer = Explainer(args.model, **common, **options)
     if explainer.preset is None:
         raise UsageError(f"the model records no preprocessing preset: give --preset ({', '.join(PRESET_NAMES)})")
     if len(explainer.input_shape) != 4:
         raise UsageError(f"explain needs a 4-D image input; the model's is {explainer.input_shape}")
     main_method = explainer.method or args.method or "sglrp"
-    explainers = {main_method: explainer}
-    if args.compare:
-        for method in METHODS:
-            if method in explainers:
-                continue
-            opts = dict(options, method=method)
-            if method == "lrp":
-                opts.pop("contrast", None)
-            explainers[method] = Explainer(args.model, **common, **opts)
-    return main_method, explainers
+    return main_method, {main_method: explainer}
+
+
+def open_method(args, method: str):
+    """An Explainer of ``args.model`` for one more method of ``--compare`` (graph kept, weights not)."""
+    from sglrp_onnx.runtime import Explainer
+    from sglrp_onnx.runtime.session import shared_arena_options
+
+    options = dict(convert_options(args), method=method)
+    if method == "lrp":
+        options.pop("contrast", None)
+    return Explainer(args.model, providers=runtime_request(args), labels=args.labels, cache=not args.no_cache,
+                     placement="require" if args.verify_placement else "auto", session_options=shared_arena_options(),
+                     keep_model=False, **options)
+
+
+class _StoredRelevance:
+    """A method's relevance maps for one batch, read back from disk: what the comparison panel draws."""
+
+    def __init__(self, relevance: np.ndarray):
+        self.relevance = relevance
+
+
+def run_other_methods(args, main_method: str, batches: list, preprocessing, targets: list[int], folder: Path) -> None:
+    """``--compare``: each other method in turn (one session alive at a time), over every batch;
+    its relevance maps go to ``folder`` (``METHOD.BATCH.npz``, one array per target or rank)."""
+    for method in METHODS:
+        if method == main_method:
+            continue
+        explainer = open_method(args, method)
+        for number, batch in enumerate(batches):
+            pixels, _, _ = preprocessing.fit_many(batch, skip_unreadable=True)
+            if len(pixels):
+                runs = explain_batch(preprocessing.normalize(pixels), {method: explainer}, method, targets, args.top_k)
+                np.savez(folder / f"{method}.{number}.npz", **{str(key): by[method].relevance for key, by in runs.items()})
+        del explainer
+        gc.collect()
+
+
+def stored_runs(runs: dict, folder: Path, number: int) -> dict:
+    """``runs`` of the main method with the other methods' maps of batch ``number`` added."""
+    for part in sorted(folder.glob(f"*.{number}.npz")):
+        method = part.name.split(".")[0]
+        with np.load(part) as arrays:
+            for key, by_method in runs.items():
+                by_method[method] = _StoredRelevance(arrays[str(key)])
+    return runs
 
 
 def runtime_request(args):
@@ -377,9 +422,37 @@ def run(args) -> int:
             results=results, names=names, keys=keys, pending=pending, total=len(images), skipped=skipped,
             print_lines=print_lines,
         ))
+    batches = list(_chunks(pending, args.batch_size))
+    parts = None
+    if args.compare and pending:
+        # one session alive at a time: the other methods run first, over every image, their maps
+        # kept on disk; then the main method's session opens again (from the cache unless --no-cache)
+        parts = Path(tempfile.mkdtemp(prefix=".compare-", dir=out))
+        explainers = explainer = None
+        gc.collect()
+        try:
+            run_other_methods(args, main_method, batches, preprocessing, targets, parts)
+        except BaseException:
+            shutil.rmtree(parts, ignore_errors=True)
+            raise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # reported when it was opened first
+            main_method, explainers = open_explainers(args)
+        explainer = explainers[main_method]
+    try:
+        return _explain_local(args, explainers, explainer, main_method, batches, parts, preprocessing, targets,
+                              listed, key, out, results, names, keys, images, skipped, print_lines)
+    finally:
+        if parts is not None:
+            shutil.rmtree(parts, ignore_errors=True)
+
+
+def _explain_local(args, explainers, explainer, main_method, batches, parts, preprocessing, targets, listed, key, out,
+                   results, names, keys, images, skipped, print_lines) -> int:
+    """The local engine's loop over batches: run, draw, record (``parts``: --compare's other maps)."""
     failures = written = 0
     with progress_bar(len(images), skipped, enabled=not args.quiet) as bar:
-        for batch in _chunks(pending, args.batch_size):
+        for number, batch in enumerate(batches):
             pixels, kept, errors = preprocessing.fit_many(batch, skip_unreadable=True)
             for index, error in errors:
                 failures += 1
@@ -388,6 +461,8 @@ def run(args) -> int:
             ok = [batch[i] for i in kept]
             if ok:
                 runs = explain_batch(preprocessing.normalize(pixels), explainers, main_method, targets, args.top_k)
+                if parts is not None:
+                    runs = stored_runs(runs, parts, number)
                 top = next(iter(runs.values()))[main_method].top_k(listed)
                 for i, image in enumerate(ok):
                     name = names[keys[image]]

@@ -252,6 +252,28 @@ def open_session(source, providers=None, session_options=None, *, profile: bool 
     return opened
 
 
+_shared_arena_registered = False
+
+
+def shared_arena_options():
+    """New session options whose CPU tensors come from one arena that every session made with
+    such options shares (ONNX Runtime's environment allocator, ``session.use_env_allocators``).
+
+    For sessions that run one after the other in one process (``explain --compare``: LRP, CLRP
+    and SGLRP of one model), the arena then grows to what the largest run needs instead of
+    one arena per session."""
+    global _shared_arena_registered
+    import onnxruntime as ort
+
+    if not _shared_arena_registered:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, None)
+        _shared_arena_registered = True
+    options = _default_session_options(ort)
+    options.add_session_config_entry("session.use_env_allocators", "1")
+    return options
+
+
 def _default_session_options(ort):
     options = ort.SessionOptions()
     options.log_severity_level = 2  # warnings are captured and reported, not hidden

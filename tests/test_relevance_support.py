@@ -25,15 +25,8 @@ from sglrp_onnx.emit.support import RelevanceSupport  # noqa: E402
 def _support(composite: str, overrides=None) -> tuple[RelevanceSupport, dict]:
     graph = canonical_graph(onnx_builder.build_model(m_support(0)))
     rules = assign_rules(graph, composite, {"stabilizer": 1e-6, "gamma": default_gamma(composite), "epsilon": 1e-6}, overrides)
-    nonnegative = nonnegative_tensors(graph)
-
-    def computed_inputs(node):
-        producers = graph.producers()
-        return [i for i, name in enumerate(node.inputs)
-                if name and not graph.is_const(name) and (name in producers or name == graph.image)]
-
     outputs = {node.name: node.outputs[0] for node in graph.nodes}
-    return RelevanceSupport(graph, rules, nonnegative, computed_inputs), outputs
+    return RelevanceSupport(graph, rules, nonnegative_tensors(graph)), outputs
 
 
 @pytest.mark.parametrize("composite", ["epsilon", "dtd"])

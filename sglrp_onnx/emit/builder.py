@@ -226,7 +226,7 @@ class Context:
     @functools.cached_property
     def support(self) -> RelevanceSupport:
         """Where relevance provably vanishes (:mod:`.support`): lets stabilisers skip the sign test."""
-        return RelevanceSupport(self.graph, self.rules, self.nonnegative, self.computed_inputs)
+        return RelevanceSupport(self.graph, self.rules, self.nonnegative)
 
     def stabilize_forward(self, tensor: str, eps: float) -> str:
         """``stab(t)`` of the forward tensor ``t`` as a relevance quotient's denominator.

@@ -43,9 +43,9 @@ ZERO_WITH_INPUT = ("x", "pos", "neg")
 class RelevanceSupport:
     """Answers :meth:`vanishes_at_nonpositive` for tensors of the canonical graph (memoised)."""
 
-    def __init__(self, graph: Graph, rules: dict, nonnegative: set[str], computed_inputs):
+    def __init__(self, graph: Graph, rules: dict, nonnegative: set[str]):
         self.graph, self.rules, self.nonnegative = graph, rules, nonnegative
-        self._computed_inputs = computed_inputs
+        self._producers = graph.producers()
         self._consumers: dict[str, list[Node]] = {}
         for node in graph.nodes:
             for name in node.inputs:
@@ -96,6 +96,12 @@ class RelevanceSupport:
             self._at_zero[tensor] = tensor != self.graph.logits and all(
                 self._consumer_vanishes_at_zero(node, tensor) for node in self._consumers.get(tensor, []))
         return self._at_zero[tensor]
+
+    def _computed_inputs(self, node: Node) -> list[int]:
+        """Inputs computed from the image (as :meth:`Context.computed_inputs`): constants and
+        tensors computed from shapes only carry no relevance."""
+        return [i for i, name in enumerate(node.inputs)
+                if name and not self.graph.is_const(name) and (name in self._producers or name == self.graph.image)]
 
     def _reads_relevance(self, node: Node, tensor: str) -> bool:
         """False where ``node`` gives ``tensor`` no relevance (a shape input, a gate)."""

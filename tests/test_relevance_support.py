@@ -49,3 +49,16 @@ def test_a_rule_without_the_input_factor_breaks_the_claim():
     assert not support.vanishes_at_nonpositive(out["c1"])
     support, out = _support("epsilon")
     assert support.vanishes_at_nonpositive(out["c1"])
+
+
+def test_emitted_stabilisers_follow_the_claims():
+    """Under dtd, only the two denominators whose sign nothing settles get Zennit's full
+    stabiliser (a HardSigmoid step): the residual sum read by the Sigmoid and zbox's group on the
+    first layer. z+ groups fold eps into a bias, the ReLU-read sum divides by the ReLU's output +
+    eps, and no sign test by comparison is left (the two Wheres left resolve the int64 targets)."""
+    import sglrp_onnx
+
+    model = sglrp_onnx.convert(onnx_builder.build_model(m_support(0)), composite="dtd", low=-1.0, high=1.0)
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("HardSigmoid") == 2
+    assert "GreaterOrEqual" not in ops and ops.count("Where") == 2

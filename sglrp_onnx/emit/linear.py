@@ -63,8 +63,8 @@ def conv_transpose(ctx: Context, x: str, y: str, s: str, weight: Recipe | np.nda
     With static spatial sizes, ONNX Runtime's Conv kernels beat its ConvTranspose at stride 1, so
     stride-1 convolutions are transposed as a Conv with the flipped, group-transposed kernel, and
     grouped strided ones as zeros interleaved plus that Conv. Dense strided ones, where
-    ConvTranspose measured faster, and the rest use a ConvTranspose with symmetric pads only (see :func:`_symmetric_conv_transpose`), so that
-    ONNX Runtime's CUDA provider keeps it on the GPU.
+    ConvTranspose measured faster, and the rest use a ConvTranspose with symmetric pads only (see
+    :func:`_symmetric_conv_transpose`), so that ONNX Runtime's CUDA provider keeps it on the GPU.
     """
     if isinstance(weight, np.ndarray):  # a kernel the engine made (average pooling's)
         weight = recipes.constant(weight)
@@ -269,6 +269,20 @@ def _never_negative(ctx: Context, node: Node, term) -> bool:
     return direction * a * w >= 0 and direction * b >= 0
 
 
+def _denominator(ctx: Context, node: Node, rule: LinearRule, members: list, outputs: list, nonnegative: bool) -> str:
+    """The stabilised sum of one group's signed term outputs (``outputs``, one per term of ``members``)."""
+    if len(members) == 1 and _is_forward(members[0]) and members[0].sign > 0:
+        return ctx.stabilize_forward(node.outputs[0], rule.stabilizer)
+    signed = [ctx.scale(z, t.sign, "signed") for t, z in zip(members, outputs)]
+    if nonnegative:
+        return ctx.add_all(signed, "stab")  # eps is in the first term's bias
+    # terms on the bounds or on ones are constants: summed first, ONNX Runtime folds them
+    fixed = [z for t, z in zip(members, signed) if t.input in CONSTANT_INPUTS]
+    varying = [z for t, z in zip(members, signed) if t.input not in CONSTANT_INPUTS]
+    total = ctx.add_all(varying + ([ctx.add_all(fixed, "zfixed")] if fixed else []), "zsum")
+    return ctx.stabilize(total, rule.stabilizer)
+
+
 def emit_linear_rule(ctx: Context, node: Node, relevance: str, rule: LinearRule, layer) -> str:
     """Relevance at the input of a linear layer under ``rule`` (see :mod:`sglrp_onnx.rules`)."""
     em = ctx.em
@@ -298,18 +312,7 @@ def emit_linear_rule(ctx: Context, node: Node, relevance: str, rule: LinearRule,
     quotients = {}
     for group in groups:
         group_outputs = [z for t, z in zip(terms, outputs) if t.group == group]
-        if group in nonnegative:
-            signed = [ctx.scale(z, t.sign, "signed") for t, z in zip(members[group], group_outputs)]
-            denominator = ctx.add_all(signed, "stab")  # eps is in the first term's bias
-        elif len(members[group]) == 1 and _is_forward(members[group][0]) and members[group][0].sign > 0:
-            denominator = ctx.stabilize_forward(node.outputs[0], rule.stabilizer)
-        else:
-            signed = [ctx.scale(z, t.sign, "signed") for t, z in zip(members[group], group_outputs)]
-            # terms on the bounds or on ones are constants: summed first, ONNX Runtime folds them
-            fixed = [z for t, z in zip(members[group], signed) if t.input in CONSTANT_INPUTS]
-            varying = [z for t, z in zip(members[group], signed) if t.input not in CONSTANT_INPUTS]
-            total = ctx.add_all(varying + ([ctx.add_all(fixed, "zfixed")] if fixed else []), "zsum")
-            denominator = ctx.stabilize(total, rule.stabilizer)
+        denominator = _denominator(ctx, node, rule, members[group], group_outputs, group in nonnegative)
         numerator = relevance
         mask = rule.masks[group] if group < len(rule.masks) else "all"
         if mask != "all":

@@ -24,6 +24,7 @@ from sglrp_onnx.graph import Node
 
 from .builder import Context
 from .registry import register
+from .support import gated_factor
 
 #: Ops that move values around without changing them: looking through them finds a Softmax.
 SHAPE_ONLY = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout", "Cast", "Expand")
@@ -43,23 +44,6 @@ def unbroadcast(ctx: Context, relevance: str, tensor: str, out: str) -> str:
     if len(shape) != len(out_shape):
         relevance = ctx.em.op("Reshape", [relevance, ctx.batch_shape(tensor)], "unbroadcast")
     return relevance
-
-
-def depends_on(ctx: Context, tensor: str, source: str) -> bool:
-    """Whether ``tensor`` is computed from ``source`` in the canonical graph."""
-    producers = ctx.producers
-    stack, seen = [tensor], set()
-    while stack:
-        name = stack.pop()
-        if name == source:
-            return True
-        if name in seen:
-            continue
-        seen.add(name)
-        node = producers.get(name)
-        if node is not None:
-            stack.extend(n for n in node.inputs if n)
-    return False
 
 
 def is_attention_weights(ctx: Context, tensor: str) -> bool:
@@ -177,12 +161,7 @@ def backward_mul(ctx: Context, node: Node, relevance_out: list) -> list:
 
 def _gated_factor(ctx: Context, node: Node) -> int | None:
     """Index of the factor an elementwise gate multiplies (the other is computed from it)."""
-    a, b = node.inputs[0], node.inputs[1]
-    if depends_on(ctx, b, a):
-        return 0
-    if depends_on(ctx, a, b):
-        return 1
-    return None
+    return gated_factor(ctx.producers, node)
 
 
 @register("MatMul")

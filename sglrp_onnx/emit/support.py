@@ -40,6 +40,32 @@ ZERO_AT_ZERO = ("Relu", "LeakyRelu", "PRelu", "Neg", "Abs", "Tanh")
 ZERO_WITH_INPUT = ("x", "pos", "neg")
 
 
+def computed_from(producers: dict, tensor: str, source: str) -> bool:
+    """Whether ``tensor`` is computed from ``source`` (``producers``: tensor -> producing node)."""
+    stack, seen = [tensor], set()
+    while stack:
+        name = stack.pop()
+        if name == source:
+            return True
+        if name in seen:
+            continue
+        seen.add(name)
+        node = producers.get(name)
+        if node is not None:
+            stack.extend(n for n in node.inputs if n)
+    return False
+
+
+def gated_factor(producers: dict, node: Node) -> int | None:
+    """Index of the factor an elementwise gate multiplies (the other is computed from it), or None."""
+    a, b = node.inputs[0], node.inputs[1]
+    if computed_from(producers, b, a):
+        return 0
+    if computed_from(producers, a, b):
+        return 1
+    return None
+
+
 class RelevanceSupport:
     """Answers :meth:`vanishes_at_nonpositive` for tensors of the canonical graph (memoised)."""
 
@@ -126,9 +152,13 @@ class RelevanceSupport:
         if op == "Div":
             return computed == [0] and self._outputs_vanish(node)  # by a constant: out == 0 where tensor == 0
         if op == "Mul":
-            # by a constant or a gate, relevance passes to a tensor that is 0 where this one is;
-            # two independent factors: the product rule gives each factor times a finite tensor
-            return self._outputs_vanish(node) or len(computed) > 1 and node.inputs[0] != node.inputs[1]
+            if len(computed) == 1 or node.inputs[0] == node.inputs[1]:
+                return self._outputs_vanish(node)  # by a constant, or x * x: relevance passes
+            gated = gated_factor(self._producers, node)
+            if gated is None:
+                return True  # two independent factors: each gets itself times a finite tensor
+            # a gate counts as a constant: relevance passes to the factor it multiplies, none to it
+            return node.inputs[gated] != tensor or self._outputs_vanish(node)
         if op in PROPORTIONAL:
             return True
         if op in ("ReduceMean", "ReduceSum"):  # norm over the reduced elements, or a no-op that passes

@@ -12,9 +12,9 @@ The analysis walks the canonical graph backwards and proves, per tensor ``t``:
 - *vanishes at zero*: the relevance of ``t`` is 0 wherever ``t == 0``; true when every consumer
   that gives ``t`` relevance gives it in the form ``t * (finite)`` (linear rules whose reducer
   multiplies by the layer input or its positive / negative part, ``norm`` sums and pools,
-  products), or moves ``t``'s values and relevance together (shape operations, winner-take-all
-  MaxPool, activations with ``f(0) = 0``, multiplication by a constant) to a tensor that vanishes
-  at zero itself;
+  products of two independent factors), or moves ``t``'s values and relevance together (shape
+  operations, winner-take-all MaxPool, activations with ``f(0) = 0``, multiplication by a
+  constant or by a gate computed from ``t``) to a tensor that vanishes at zero itself;
 - *vanishes at non-positive*: the relevance of ``t`` is 0 wherever ``t <= 0``; true when every
   such consumer is a ReLU (or a Clip from 0, ReLU6) whose output vanishes at zero, or when ``t``
   is non-negative and vanishes at zero.

@@ -8,9 +8,9 @@ files are written by :mod:`sglrp_onnx.cli.explain_output`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
-import shutil
 import sys
 import tempfile
 import warnings
@@ -242,21 +242,28 @@ def check_arguments(args) -> None:
         get_preset(args.preset)  # fail early on a wrong name
 
 
-def open_explainers(args) -> tuple[str, dict]:
-    """``(main method, {method: Explainer})``: the model's method, plus LRP/CLRP/SGLRP with --compare."""
-    from sglrp_onnx.runtime import Explainer
+def explainer_settings(args) -> dict:
+    """The Explainer settings of the provider, labels and cache flags; with --compare, whose
+    sessions are used in turn, each session's own options on one shared CPU arena."""
     from sglrp_onnx.runtime.session import shared_arena_options
 
-    options = convert_options(args)
-    common = dict(
+    settings = dict(
         providers=runtime_request(args),
         labels=args.labels,
         cache=not args.no_cache,
         placement="require" if args.verify_placement else "auto",
     )
-    if args.compare:  # the sessions of the methods are used in turn: one CPU arena (shared_arena_options)
-        common["session_options"] = shared_arena_options()
-    explainer = Explainer(args.model, **common, **options)
+    if args.compare:
+        settings["session_options"] = shared_arena_options()
+    return settings
+
+
+def open_explainers(args) -> tuple[str, dict]:
+    """``(main method, {method: Explainer})``: the model's method (--compare opens the other
+    methods in turn, :func:`run_other_methods`)."""
+    from sglrp_onnx.runtime import Explainer
+
+    explainer = Explainer(args.model, **explainer_settings(args), **convert_options(args))
     if explainer.preset is None:
         raise UsageError(f"the model records no preprocessing preset: give --preset ({', '.join(PRESET_NAMES)})")
     if len(explainer.input_shape) != 4:
@@ -268,14 +275,22 @@ def open_explainers(args) -> tuple[str, dict]:
 def open_method(args, method: str):
     """An Explainer of ``args.model`` for one more method of ``--compare`` (graph kept, weights not)."""
     from sglrp_onnx.runtime import Explainer
-    from sglrp_onnx.runtime.session import shared_arena_options
 
     options = dict(convert_options(args), method=method)
     if method == "lrp":
         options.pop("contrast", None)
-    return Explainer(args.model, providers=runtime_request(args), labels=args.labels, cache=not args.no_cache,
-                     placement="require" if args.verify_placement else "auto", session_options=shared_arena_options(),
-                     keep_model=False, **options)
+    return Explainer(args.model, **explainer_settings(args), keep_model=False, **options)
+
+
+@contextlib.contextmanager
+def _maps_folder(out: Path, wanted: bool):
+    """A hidden folder in ``out`` for --compare's maps, removed afterwards whatever happens (None
+    where not wanted)."""
+    if not wanted:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix=".compare-", dir=out) as folder:
+        yield Path(folder)
 
 
 class _StoredRelevance:
@@ -423,60 +438,45 @@ def run(args) -> int:
             print_lines=print_lines,
         ))
     batches = list(_chunks(pending, args.batch_size))
-    parts = None
-    if args.compare and pending:
-        # one session alive at a time: the other methods run first, over every image, their maps
-        # kept on disk; then the main method's session opens again (from the cache unless --no-cache)
-        parts = Path(tempfile.mkdtemp(prefix=".compare-", dir=out))
-        explainers = explainer = None
-        gc.collect()
-        try:
-            run_other_methods(args, main_method, batches, preprocessing, targets, parts)
-        except BaseException:
-            shutil.rmtree(parts, ignore_errors=True)
-            raise
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # reported when it was opened first
-            main_method, explainers = open_explainers(args)
-        explainer = explainers[main_method]
-    try:
-        return _explain_local(args, explainers, explainer, main_method, batches, parts, preprocessing, targets,
-                              listed, key, out, results, names, keys, images, skipped, print_lines)
-    finally:
-        if parts is not None:
-            shutil.rmtree(parts, ignore_errors=True)
-
-
-def _explain_local(args, explainers, explainer, main_method, batches, parts, preprocessing, targets, listed, key, out,
-                   results, names, keys, images, skipped, print_lines) -> int:
-    """The local engine's loop over batches: run, draw, record (``parts``: --compare's other maps)."""
     failures = written = 0
-    with progress_bar(len(images), skipped, enabled=not args.quiet) as bar:
-        for number, batch in enumerate(batches):
-            pixels, kept, errors = preprocessing.fit_many(batch, skip_unreadable=True)
-            for index, error in errors:
-                failures += 1
-                results.append(error_record(keys[batch[index]], key, error))
-                bar.write(f"warning: {error}", file=sys.stderr)
-            ok = [batch[i] for i in kept]
-            if ok:
-                runs = explain_batch(preprocessing.normalize(pixels), explainers, main_method, targets, args.top_k)
-                if parts is not None:
-                    runs = stored_runs(runs, parts, number)
-                top = next(iter(runs.values()))[main_method].top_k(listed)
-                for i, image in enumerate(ok):
-                    name = names[keys[image]]
-                    explanations = write_image(out, name, i, pixels[i], runs, main_method, preprocessing.layout)
-                    record = image_record(keys[image], name, key, main_method, explainer.provider, top[i], explanations)
-                    results.append(record)
-                    written += 1
-                    if print_lines:
-                        best = record["predictions"][0]
-                        files = ", ".join(str(out / e["files"]["overlay"]) for e in explanations)
-                        bar.write(f"{image}: {best['label']} ({best['class']}) p={best['probability']:.3f} -> {files}", file=sys.stdout)
-            if failures:
-                bar.set_postfix(failed=failures, refresh=False)
-            bar.update(len(batch))
+    with _maps_folder(out, args.compare and bool(pending)) as parts:
+        if parts is not None:
+            # one session alive at a time: the other methods run first, over every image, their
+            # maps kept on disk; then the main method's session opens again (from the cache
+            # unless --no-cache)
+            explainers = explainer = None
+            gc.collect()
+            run_other_methods(args, main_method, batches, preprocessing, targets, parts)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # reported when it was opened first
+                main_method, explainers = open_explainers(args)
+            explainer = explainers[main_method]
+        with progress_bar(len(images), skipped, enabled=not args.quiet) as bar:
+            for number, batch in enumerate(batches):
+                pixels, kept, errors = preprocessing.fit_many(batch, skip_unreadable=True)
+                for index, error in errors:
+                    failures += 1
+                    results.append(error_record(keys[batch[index]], key, error))
+                    bar.write(f"warning: {error}", file=sys.stderr)
+                ok = [batch[i] for i in kept]
+                if ok:
+                    runs = explain_batch(preprocessing.normalize(pixels), explainers, main_method, targets, args.top_k)
+                    if parts is not None:
+                        runs = stored_runs(runs, parts, number)
+                    top = next(iter(runs.values()))[main_method].top_k(listed)
+                    for i, image in enumerate(ok):
+                        name = names[keys[image]]
+                        explanations = write_image(out, name, i, pixels[i], runs, main_method, preprocessing.layout)
+                        record = image_record(keys[image], name, key, main_method, explainer.provider, top[i], explanations)
+                        results.append(record)
+                        written += 1
+                        if print_lines:
+                            best = record["predictions"][0]
+                            files = ", ".join(str(out / e["files"]["overlay"]) for e in explanations)
+                            bar.write(f"{image}: {best['label']} ({best['class']}) p={best['probability']:.3f} -> {files}", file=sys.stdout)
+                if failures:
+                    bar.set_postfix(failed=failures, refresh=False)
+                bar.update(len(batch))
     print(
         f"explained {written} image(s), skipped {skipped} already done, {failures} failed; "
         f"results in {results.path}"

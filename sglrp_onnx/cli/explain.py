@@ -128,7 +128,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     method.add_argument(
         "--compare",
         action="store_true",
-        help="also render LRP, CLRP and SGLRP side by side (converts the model three times, cached)",
+        help="also render LRP, CLRP and SGLRP side by side (converts the model three times, cached; "
+        "the methods run in turn, one model in memory at a time)",
     )
     run_group = parser.add_argument_group("running and output")
     run_group.add_argument("--out", metavar="DIR", default="sglrp-out", help="output folder (default: ./sglrp-out)")

@@ -67,7 +67,8 @@ def gated_factor(producers: dict, node: Node) -> int | None:
 
 
 class RelevanceSupport:
-    """Answers :meth:`vanishes_at_nonpositive` for tensors of the canonical graph (memoised)."""
+    """Answers :meth:`vanishes_at_nonpositive` for tensors of the canonical graph (one backward
+    sweep when made, no recursion)."""
 
     def __init__(self, graph: Graph, rules: dict, nonnegative: set[str]):
         self.graph, self.rules, self.nonnegative = graph, rules, nonnegative
@@ -77,7 +78,14 @@ class RelevanceSupport:
             for name in node.inputs:
                 if name:
                     self._consumers.setdefault(name, []).append(node)
+        # one backward sweep: a node's readers come after it in the (topologically ordered) graph,
+        # so their outputs are settled when its own are
         self._at_zero: dict[str, bool] = {}
+        for node in reversed(graph.nodes):
+            for out in node.outputs:
+                if out:
+                    self._at_zero[out] = out != graph.logits and all(
+                        self._consumer_vanishes_at_zero(reader, out) for reader in self._consumers.get(out, []))
 
     def relu_consumer(self, tensor: str) -> str | None:
         """Output of a ReLU that reads ``tensor`` (that is ``max(tensor, 0)``), if there is one."""
@@ -116,12 +124,9 @@ class RelevanceSupport:
         return False
 
     def vanishes_at_zero(self, tensor: str) -> bool:
-        """Whether the relevance of ``tensor`` is 0 wherever ``tensor == 0``."""
-        if tensor not in self._at_zero:
-            self._at_zero[tensor] = False  # a cycle cannot occur; this only guards recursion
-            self._at_zero[tensor] = tensor != self.graph.logits and all(
-                self._consumer_vanishes_at_zero(node, tensor) for node in self._consumers.get(tensor, []))
-        return self._at_zero[tensor]
+        """Whether the relevance of ``tensor`` is 0 wherever ``tensor == 0`` (False for tensors no
+        node produces: the image and constants)."""
+        return self._at_zero.get(tensor, False)
 
     def _computed_inputs(self, node: Node) -> list[int]:
         """Inputs computed from the image (as :meth:`Context.computed_inputs`): constants and

@@ -276,10 +276,9 @@ def open_explainers(args) -> tuple[str, dict]:
 def open_method(args, method: str):
     """An Explainer of ``args.model`` for one more method of ``--compare`` (graph kept, weights not)."""
     from sglrp_onnx.runtime import Explainer
+    from sglrp_onnx.runtime.explainer import options_for_method
 
-    options = dict(convert_options(args), method=method)
-    if method == "lrp":
-        options.pop("contrast", None)
+    options = options_for_method(convert_options(args), method)
     return Explainer(args.model, **explainer_settings(args), keep_model=False, **options)
 
 

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 from sglrp_onnx.graph import Graph
 
-from .support import RelevanceSupport
+from .support import RelevanceSupport, computed_inputs
 
 PREFIX = "sglrp/"
 
@@ -138,13 +138,8 @@ class Context:
         return self.graph.producers()
 
     def computed_inputs(self, node) -> list[int]:
-        """Indices of the inputs of ``node`` that are computed from the image (on the float path).
-
-        Constants and tensors computed only from shapes (an attention scale ``1/sqrt(d)`` taken from
-        ``Shape``, which the canonical graph keeps no producer for) carry no relevance: for the
-        rules they are constants."""
-        return [i for i, name in enumerate(node.inputs)
-                if name and not self.graph.is_const(name) and (name in self.producers or name == self.graph.image)]
+        """Indices of the inputs of ``node`` computed from the image (:func:`.support.computed_inputs`)."""
+        return computed_inputs(self.graph, self.producers, node)
 
     def fwd(self, tensor: str) -> str:
         """The forward tensor as the relevance part sees it: float32 (float16 models are cast at

@@ -40,6 +40,16 @@ ZERO_AT_ZERO = ("Relu", "LeakyRelu", "PRelu", "Neg", "Abs", "Tanh")
 ZERO_WITH_INPUT = ("x", "pos", "neg")
 
 
+def computed_inputs(graph: Graph, producers: dict, node: Node) -> list[int]:
+    """Indices of the inputs of ``node`` that are computed from the image (on the float path).
+
+    Constants and tensors computed only from shapes (an attention scale ``1/sqrt(d)`` taken from
+    ``Shape``, which the canonical graph keeps no producer for) carry no relevance: for the rules
+    they are constants."""
+    return [i for i, name in enumerate(node.inputs)
+            if name and not graph.is_const(name) and (name in producers or name == graph.image)]
+
+
 def computed_from(producers: dict, tensor: str, source: str) -> bool:
     """Whether ``tensor`` is computed from ``source`` (``producers``: tensor -> producing node)."""
     stack, seen = [tensor], set()
@@ -129,10 +139,7 @@ class RelevanceSupport:
         return self._at_zero.get(tensor, False)
 
     def _computed_inputs(self, node: Node) -> list[int]:
-        """Inputs computed from the image (as :meth:`Context.computed_inputs`): constants and
-        tensors computed from shapes only carry no relevance."""
-        return [i for i, name in enumerate(node.inputs)
-                if name and not self.graph.is_const(name) and (name in self._producers or name == self.graph.image)]
+        return computed_inputs(self.graph, self._producers, node)
 
     def _reads_relevance(self, node: Node, tensor: str) -> bool:
         """False where ``node`` gives ``tensor`` no relevance (a shape input, a gate)."""

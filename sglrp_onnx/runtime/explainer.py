@@ -264,6 +264,14 @@ def _needs_conversion(proto, options: dict) -> bool:
     return any(k != "preset" for k in options)
 
 
+def options_for_method(options: Mapping[str, Any], method: str) -> dict:
+    """Conversion ``options`` for ``method``: ``contrast`` is dropped for ``lrp``, which has none."""
+    chosen = dict(options, method=method)
+    if method == "lrp":
+        chosen.pop("contrast", None)
+    return chosen
+
+
 def explainers_for_methods(
     model,
     methods: Sequence[str] = ("lrp", "clrp", "sglrp"),
@@ -281,12 +289,10 @@ def explainers_for_methods(
     proto, _ = load_onnx(model)
     result = {}
     for method in methods:
-        options = dict(common or {})
-        if method == "lrp":
-            options.pop("contrast", None)
+        options = options_for_method(common or {}, method)
         extra = dict(kwargs)
         extra.setdefault("keep_model", False)
         if "session_options" not in extra:
             extra["session_options"] = shared_arena_options()
-        result[method] = Explainer(proto, providers, method=method, **options, **extra)
+        result[method] = Explainer(proto, providers, **options, **extra)
     return result

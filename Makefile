@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench coverage gpu-check evaluate clean
+.PHONY: demo test test-fast bench floor coverage gpu-check evaluate clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ evaluate: $(VENV)/.eval
 
 bench: $(VENV)/.torch
 	$(PY) tools/bench.py
+
+## make floor: where the augmented models' time goes, and the floor the rules leave on this runtime
+## (tools/floor.py; about 8 minutes on 2 idle cores; docs/performance.md)
+floor: $(VENV)/.torch
+	$(PY) tools/floor.py
 
 $(VENV)/.coverage: $(VENV)/.torch
 	$(PY) -m pip install --quiet --no-deps timm

@@ -355,6 +355,13 @@ def main(argv=None) -> int:
             return 2
     report = {"machine": machine(), "settings": {k: getattr(args, k) for k in ("device", "threads", "repeats", "batches", "variants", "size")},
               "models": []}
+    return measure_models(args, report, bench_model, markdown)
+
+
+def measure_models(args, report: dict, measure, to_markdown) -> int:
+    """``measure(name, source, args, folder)`` for each model (``--model-file``, the bundled
+    EfficientNet-Lite0, or a torchvision export, one on disk at a time), appended to
+    ``report["models"]``; then the markdown table printed and the report written where asked."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name in [Path(args.model_file).stem] if args.model_file else args.models:
@@ -372,12 +379,12 @@ def main(argv=None) -> int:
                 print(f"{name}: unknown model (known: {', '.join(ALL_MODELS)})", file=sys.stderr)
                 continue
             try:
-                report["models"].append(bench_model(name, source, args, folder))
+                report["models"].append(measure(name, source, args, folder))
             except Exception as error:  # noqa: BLE001 - report and go on with the next model
                 print(f"{name}: failed: {type(error).__name__}: {error}", file=sys.stderr)
             if source.parent == folder:
                 source.unlink()
-    table = markdown(report)
+    table = to_markdown(report)
     print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str))

@@ -209,35 +209,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     report = {"machine": bench.machine(), "settings": {"threads": args.threads, "runs": args.runs, "repeats": args.repeats, "size": args.size},
               "models": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        for name in [Path(args.model_file).stem] if args.model_file else args.models:
-            if args.model_file:
-                source = Path(args.model_file)
-            elif name == "efficientnet_lite0":
-                source = bench.DEMO_MODEL
-            elif name in bench.TORCHVISION:
-                try:
-                    source = bench.export_torchvision(name, folder, args.size)
-                except ImportError:
-                    print(f"{name}: skipped (torch/torchvision not installed)", file=sys.stderr)
-                    continue
-            else:
-                print(f"{name}: unknown model (known: {', '.join(bench.ALL_MODELS)})", file=sys.stderr)
-                continue
-            try:
-                report["models"].append(measure(name, source, args, folder))
-            except Exception as error:  # noqa: BLE001 - report and go on with the next model
-                print(f"{name}: failed: {type(error).__name__}: {error}", file=sys.stderr)
-            if source.parent == folder:
-                source.unlink()
-    table = markdown(report)
-    print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1, default=str))
-    if args.markdown:
-        Path(args.markdown).write_text(table)
-    return 0 if report["models"] else 1
+    return bench.measure_models(args, report, measure, markdown)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -99,6 +100,24 @@ class Emitter:
         return names[0] if outputs == 1 else names
 
 
+@dataclass(frozen=True)
+class Factored:
+    """Relevance kept as the elementwise product ``factor * chain``: ``factor`` a forward tensor
+    (its canonical name; :meth:`Context.fwd` gives what the relevance part reads), ``chain`` a
+    relevance-side tensor (broadcastable to it).
+
+    Linear rules end in ``R_in = a * c`` and the residual sum rule in ``R_i = a_i * s``; the next
+    rule divides that by a stabilised forward tensor. Kept apart, the division needs no
+    relevance: ``R / stab(z) = c * (a / stab(z))``, where ``a / stab(z)`` is computed from the
+    forward alone, the product ``a * c`` is never made, and the relevance chain keeps to
+    convolutions, products and sums, which ONNX Runtime runs in its blocked (NCHWc) layout.
+    Builders that do not take this form get the product (:meth:`Context.materialize`).
+    """
+
+    factor: str
+    chain: str
+
+
 #: Slope of the step function in :meth:`Context.stabilize`, near float32's largest value (3.4e38):
 #: ``alpha * z + 1 <= 0`` for every ``z <= -3.4e-39``.
 STEP_SLOPE = 3.0e38
@@ -129,6 +148,8 @@ class Context:
         self.nonnegative = nonnegative
         self._tiled: dict[str, str] = {}
         self._shapes: dict = {}
+        self._products: dict[Factored, str] = {}
+        self._gains: dict[tuple, str] = {}
 
     # ------------------------------------------------------------------ forward tensors
 
@@ -266,10 +287,55 @@ class Context:
         rule = self.rules.get(node.name)
         return float(getattr(rule, "stabilizer", self.stabilizer)) if rule is not None else self.stabilizer
 
-    def quotient(self, relevance: str, node) -> str:
-        """``R / stab(y)`` for the output ``y`` of ``node``, with the node's stabiliser."""
-        denominator = self.stabilize_forward(node.outputs[0], self.node_stabilizer(node))
+    def quotient(self, relevance, node, eps: float | None = None) -> str:
+        """``R / stab(y)`` for the output ``y`` of ``node``, with the node's stabiliser (or ``eps``).
+
+        For a :class:`Factored` relevance ``a * c``: ``c * (a / stab(y))``, and where ``a`` is
+        ``y`` itself and the sign test is needed, ``a / stab(a) = |a| / (|a| + eps)``."""
+        eps = self.node_stabilizer(node) if eps is None else eps
+        y = node.outputs[0]
+        if isinstance(relevance, Factored):
+            key = (relevance.factor, y, eps)
+            if key not in self._gains:
+                if relevance.factor == y and self._needs_sign_test(y):
+                    magnitude = self.em.op("Abs", [self.fwd(y)], "absz")
+                    total = self.em.op("Add", [magnitude, self.em.const(np.float32(eps))], "stab")
+                    self._gains[key] = self.em.op("Div", [magnitude, total], "gain")
+                else:
+                    self._gains[key] = self.em.op("Div", [self.fwd(relevance.factor), self.stabilize_forward(y, eps)], "gain")
+            return self.em.op("Mul", [relevance.chain, self._gains[key]], "s")
+        return self.em.op("Div", [relevance, self.stabilize_forward(y, eps)], "s")
+
+    def _needs_sign_test(self, tensor: str) -> bool:
+        """Whether :meth:`stabilize_forward` of ``tensor`` is Zennit's signed stabiliser."""
+        return tensor not in self.nonnegative and not self.support.vanishes_at_nonpositive(tensor)
+
+    def divide(self, relevance, denominator: str) -> str:
+        """``R / denominator`` for a denominator computed from the forward alone (a rule's own
+        stabilised sum): for a :class:`Factored` relevance ``c * (a / denominator)``."""
+        if isinstance(relevance, Factored):
+            key = (relevance.factor, denominator)
+            if key not in self._gains:
+                self._gains[key] = self.em.op("Div", [self.fwd(relevance.factor), denominator], "gain")
+            return self.em.op("Mul", [relevance.chain, self._gains[key]], "s")
         return self.em.op("Div", [relevance, denominator], "s")
+
+    def materialize(self, relevance):
+        """The relevance as one tensor (the product of a :class:`Factored` one, made once)."""
+        if not isinstance(relevance, Factored):
+            return relevance
+        if relevance not in self._products:
+            self._products[relevance] = self.em.op("Mul", [self.fwd(relevance.factor), relevance.chain], "r")
+        return self._products[relevance]
+
+    def merge(self, parts: list):
+        """The sum of the relevance arriving at one tensor: :class:`Factored` parts with one
+        factor add their chains (``a * c1 + a * c2 = a * (c1 + c2)``), others are summed whole."""
+        if len(parts) == 1:
+            return parts[0]
+        if all(isinstance(p, Factored) for p in parts) and len({p.factor for p in parts}) == 1:
+            return Factored(parts[0].factor, self.add_all([p.chain for p in parts], "chain"))
+        return self.add_all([self.materialize(p) for p in parts], "r")
 
     def add_all(self, terms: list[str], hint: str = "sum") -> str:
         if len(terms) == 1:

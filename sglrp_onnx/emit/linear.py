@@ -16,7 +16,7 @@ from sglrp_onnx.graph import Node
 from sglrp_onnx.recipes import Recipe
 from sglrp_onnx.rules import LinearRule, SimpleRule, keep, negative, positive, zero_rule
 
-from .builder import Context
+from .builder import Context, Factored
 from .registry import register
 
 
@@ -271,7 +271,7 @@ def _never_negative(ctx: Context, node: Node, term) -> bool:
 
 def _denominator(ctx: Context, node: Node, rule: LinearRule, members: list, outputs: list, nonnegative: bool) -> str:
     """The stabilised sum of one group's signed term outputs (``outputs``, one per term of ``members``)."""
-    if len(members) == 1 and _is_forward(members[0]) and members[0].sign > 0:
+    if _is_own_output(members):
         return ctx.stabilize_forward(node.outputs[0], rule.stabilizer)
     signed = [ctx.scale(z, t.sign, "signed") for t, z in zip(members, outputs)]
     if nonnegative:
@@ -311,15 +311,18 @@ def emit_linear_rule(ctx: Context, node: Node, relevance: str, rule: LinearRule,
             outputs.append(layer.forward(_term_input(ctx, node, term.input, inputs), w_k, b_k))
     quotients = {}
     for group in groups:
+        mask = rule.masks[group] if group < len(rule.masks) else "all"
+        if mask == "all" and _is_own_output(members[group]):
+            quotients[group] = ctx.quotient(relevance, node, rule.stabilizer)  # R / stab(y)
+            continue
         group_outputs = [z for t, z in zip(terms, outputs) if t.group == group]
         denominator = _denominator(ctx, node, rule, members[group], group_outputs, group in nonnegative)
         numerator = relevance
-        mask = rule.masks[group] if group < len(rule.masks) else "all"
         if mask != "all":
             compare = "Greater" if mask == "z>0" else "Less"
             selected = em.op(compare, [ctx.fwd(node.outputs[0]), em.const(np.float32(0))], "mask")
-            numerator = em.op("Where", [selected, relevance, em.const(np.float32(0))], "masked")
-        quotients[group] = em.op("Div", [numerator, denominator], "s")
+            numerator = em.op("Where", [selected, ctx.materialize(relevance), em.const(np.float32(0))], "masked")
+        quotients[group] = ctx.divide(numerator, denominator)
     # terms sharing a transpose (same group and weight) share one product with it
     shares: dict[tuple, list] = {}
     for term in terms:
@@ -331,11 +334,18 @@ def emit_linear_rule(ctx: Context, node: Node, relevance: str, rule: LinearRule,
     for (group, modifier), sharing in shares.items():
         c = layer.transpose(quotients[group], modified_weights[modifier])
         if rule.reducer == "input":
+            if len(shares) == 1 and len(sharing) == 1 and sharing[0].coef == 1 and _term_input(ctx, node, sharing[0].input, inputs) == ctx.fwd(x):
+                return Factored(x, c)  # R_in = x * c, the product left to whoever divides it next
             factor = ctx.add_all([ctx.scale(_term_input(ctx, node, t.input, inputs), t.coef, "a") for t in sharing], "a")
             contributions.append(ctx.mul(factor, c, "r"))
         else:
             contributions.append(ctx.scale(c, sum(t.coef for t in sharing), "r"))
     return ctx.add_all(contributions, "r")
+
+
+def _is_own_output(members: list) -> bool:
+    """Whether a group is the layer itself (one unmodified term): its denominator is ``stab(y)``."""
+    return len(members) == 1 and _is_forward(members[0]) and members[0].sign > 0
 
 
 def _split_unmodified(shares: dict) -> None:
@@ -351,7 +361,7 @@ def _split_unmodified(shares: dict) -> None:
             shares[(group, negative)] = shares[(group, negative)] + unmodified
 
 
-@register("Conv", "Dense")
+@register("Conv", "Dense", factored=True)
 def backward_linear(ctx: Context, node: Node, relevance_out: list) -> list:
     rule = ctx.rules[node.name]
     relevance = relevance_out[0]

@@ -10,7 +10,7 @@ from sglrp_onnx.rules import LinearRule
 
 from . import batchnorm, indexing, linear, normalization, pooling, products, resize, structural  # noqa: F401  (they register their builders)
 from .builder import Context, Emitter
-from .registry import BACKWARD
+from .registry import BACKWARD, TAKES_FACTORED
 
 #: Ops whose output is >= 0 whatever the input, and ops that keep a non-negative input >= 0.
 NONNEGATIVE_OUTPUT = ("Relu", "Sigmoid", "Softmax", "Abs")
@@ -47,6 +47,11 @@ def nonnegative_tensors(graph: Graph) -> set[str]:
     return known
 
 
+#: Keep ``a * c`` relevance as its two factors between builders that can use them
+#: (:class:`.builder.Factored`); the tests turn it off to compare both forms.
+FACTORED = True
+
+
 def moves_batch_axis(graph: Graph) -> bool:
     """Whether the float path moves the batch axis away from axis 0 (torch's multi-head attention
     works sequence-first). Relevance in two halves of one batch (the ``scaled`` contrast) then
@@ -67,16 +72,18 @@ def emit_relevance(ctx: Context, start_relevance: str, blocked: list | None = No
     graph = ctx.graph
     pending: dict[str, list[str]] = {graph.logits: [start_relevance]}
 
-    def collect(tensor: str) -> str | None:
+    def collect(tensor: str):
         parts = pending.pop(tensor, None)
         if not parts:
             return None
-        return ctx.add_all(parts, "r")
+        return ctx.merge(parts if FACTORED else [ctx.materialize(p) for p in parts])
 
     for node in reversed(graph.nodes):
         relevance_out = [collect(out) if out else None for out in node.outputs]
         if all(r is None for r in relevance_out):
             continue
+        if not FACTORED or node.op_type not in TAKES_FACTORED:
+            relevance_out = [ctx.materialize(r) for r in relevance_out]
         try:
             builder = BACKWARD.get(node.op_type)
             if builder is None:
@@ -92,7 +99,7 @@ def emit_relevance(ctx: Context, start_relevance: str, blocked: list | None = No
         for name, relevance in zip(node.inputs, relevance_in):
             if name and relevance is not None and not graph.is_const(name):
                 pending.setdefault(name, []).append(relevance)
-    result = collect(graph.image)
+    result = ctx.materialize(collect(graph.image))
     if result is None:
         raise UnsupportedModelError(f"no relevance reaches the image input '{graph.image}' from the logits '{graph.logits}'")
     return result

@@ -12,7 +12,7 @@ import numpy as np
 from sglrp_onnx.errors import UnsupportedModelError
 from sglrp_onnx.graph import Node
 
-from .builder import Context
+from .builder import Context, Factored
 from .indexing import strided_slice_backward
 from .products import unbroadcast as _unbroadcast
 from .registry import register
@@ -24,13 +24,13 @@ ACTIVATIONS = (
 )
 
 
-@register(*ACTIVATIONS)
+@register(*ACTIVATIONS, factored=True)
 def backward_pass(ctx: Context, node: Node, relevance_out: list) -> list:
     """``pass``: all relevance to the first input (other inputs are parameters)."""
     return [relevance_out[0]] + [None] * (len(node.inputs) - 1)
 
 
-@register("Add", "Sum")
+@register("Add", "Sum", factored=True)
 def backward_sum(ctx: Context, node: Node, relevance_out: list) -> list:
     """``norm`` over the computed summands: ``R_i = a_i * R / stab(sum)``.
 
@@ -42,7 +42,7 @@ def backward_sum(ctx: Context, node: Node, relevance_out: list) -> list:
     result: list = [None] * len(node.inputs)
     rule = ctx.rules.get(node.name)
     if len(computed) == 1 and (rule is None or rule.name not in ("epsilon", "zero")):
-        result[computed[0]] = _unbroadcast(ctx, relevance, node.inputs[computed[0]], node.outputs[0])
+        result[computed[0]] = _unbroadcast(ctx, ctx.materialize(relevance), node.inputs[computed[0]], node.outputs[0])
         return result
     return _signed_sum(ctx, node, relevance, computed, [1.0] * len(node.inputs))
 
@@ -52,8 +52,12 @@ def _signed_sum(ctx: Context, node: Node, relevance: str, computed: list[int], s
     s = ctx.quotient(relevance, node)
     result: list = [None] * len(node.inputs)
     for i in computed:
-        share = ctx.scale(ctx.mul(ctx.fwd(node.inputs[i]), s, "r"), signs[i], "signed")
-        result[i] = _unbroadcast(ctx, share, node.inputs[i], node.outputs[0])
+        x = node.inputs[i]
+        if signs[i] == 1.0 and ctx.graph.shape(x) == ctx.graph.shape(node.outputs[0]) and ctx.graph.shape(x) is not None:
+            result[i] = Factored(x, s)  # R_i = x_i * s, the product left to whoever divides it next
+            continue
+        share = ctx.scale(ctx.mul(ctx.fwd(x), s, "r"), signs[i], "signed")
+        result[i] = _unbroadcast(ctx, share, x, node.outputs[0])
     return result
 
 

@@ -149,7 +149,6 @@ class Context:
         self._tiled: dict[str, str] = {}
         self._shapes: dict = {}
         self._products: dict[Factored, str] = {}
-        self._gains: dict[tuple, str] = {}
 
     # ------------------------------------------------------------------ forward tensors
 
@@ -294,30 +293,22 @@ class Context:
         ``y`` itself and the sign test is needed, ``a / stab(a) = |a| / (|a| + eps)``."""
         eps = self.node_stabilizer(node) if eps is None else eps
         y = node.outputs[0]
-        if isinstance(relevance, Factored):
-            key = (relevance.factor, y, eps)
-            if key not in self._gains:
-                if relevance.factor == y and self._needs_sign_test(y):
-                    magnitude = self.em.op("Abs", [self.fwd(y)], "absz")
-                    total = self.em.op("Add", [magnitude, self.em.const(np.float32(eps))], "stab")
-                    self._gains[key] = self.em.op("Div", [magnitude, total], "gain")
-                else:
-                    self._gains[key] = self.em.op("Div", [self.fwd(relevance.factor), self.stabilize_forward(y, eps)], "gain")
-            return self.em.op("Mul", [relevance.chain, self._gains[key]], "s")
-        return self.em.op("Div", [relevance, self.stabilize_forward(y, eps)], "s")
+        if isinstance(relevance, Factored) and relevance.factor == y and self._needs_sign_test(y):
+            magnitude = self.em.op("Abs", [self.fwd(y)], "absz")
+            total = self.em.op("Add", [magnitude, self.em.const(np.float32(eps))], "stab")
+            return self.em.op("Mul", [relevance.chain, self.em.op("Div", [magnitude, total], "gain")], "s")
+        return self.divide(relevance, self.stabilize_forward(y, eps))
 
     def _needs_sign_test(self, tensor: str) -> bool:
         """Whether :meth:`stabilize_forward` of ``tensor`` is Zennit's signed stabiliser."""
         return tensor not in self.nonnegative and not self.support.vanishes_at_nonpositive(tensor)
 
     def divide(self, relevance, denominator: str) -> str:
-        """``R / denominator`` for a denominator computed from the forward alone (a rule's own
-        stabilised sum): for a :class:`Factored` relevance ``c * (a / denominator)``."""
+        """``R / denominator`` for a denominator computed from the forward alone: for a
+        :class:`Factored` relevance ``c * (a / denominator)``."""
         if isinstance(relevance, Factored):
-            key = (relevance.factor, denominator)
-            if key not in self._gains:
-                self._gains[key] = self.em.op("Div", [self.fwd(relevance.factor), denominator], "gain")
-            return self.em.op("Mul", [relevance.chain, self._gains[key]], "s")
+            gain = self.em.op("Div", [self.fwd(relevance.factor), denominator], "gain")
+            return self.em.op("Mul", [relevance.chain, gain], "s")
         return self.em.op("Div", [relevance, denominator], "s")
 
     def materialize(self, relevance):
